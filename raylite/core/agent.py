@@ -1,0 +1,256 @@
+"""The node agent: one per (virtual) node. Starts and watches workers, owns the node's
+shared-memory store directory, forwards worker output, serves object bytes to other hosts.
+
+Why a separate process: workers come and go (crashes, kills, actor exits); someone on the
+node must notice each exit at once and tell the head, keep a warm pool ready, and clean
+the store when the node goes away. The agent does only that, so it stays responsive.
+
+Start-up is on the critical path of ``raylite.init()``, so the agent forks its first pool
+of workers before it creates any ZeroMQ context (a fork is a few milliseconds; a fresh
+interpreter is ~60 ms). Later workers are spawned as new interpreters.
+
+Run: ``python -m raylite.core.agent --head ADDR --session S --node-id N --resources JSON``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from raylite.core import protocol as P
+from raylite.core import store
+from raylite.core.osutil import die_with_parent
+
+log = logging.getLogger("raylite.agent")
+
+HEARTBEAT_S = 0.3
+
+
+class Agent:
+    def __init__(self, args, token: str | None):
+        self.head_addr = args.head
+        self.session = args.session
+        self.node_id = args.node_id
+        self.resources = json.loads(args.resources)
+        self.labels = json.loads(args.labels or "{}")
+        self.token = token
+        self.bind_host = args.host
+        self.warm = args.warm
+        self.store_dir = store.node_dir(self.session, self.node_id)
+        os.makedirs(self.store_dir, exist_ok=True)
+        self.children: dict[int, dict] = {}  # pid -> {"fd", "buf", "worker_id", "env_key"}
+        self.running = True
+
+    # ------------------------------------------------------------------ workers
+    def worker_env(self, env_vars: dict, env_key: str) -> dict:
+        env = dict(os.environ)
+        env.update({k: str(v) for k, v in env_vars.items()})
+        env.update({"RAYLITE_HEAD": self.head_addr, "RAYLITE_SESSION": self.session,
+                    "RAYLITE_NODE_ID": self.node_id, "RAYLITE_ENV_KEY": env_key,
+                    "RAYLITE_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1",
+                    "RAYLITE_BIND_HOST": self.bind_host})
+        return env
+
+    def fork_worker(self) -> None:
+        """Fork a default worker (only before this process has a ZeroMQ context)."""
+        r, w = os.pipe()
+        env = self.worker_env({}, "")
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            os.dup2(w, 1)
+            os.dup2(w, 2)
+            os.close(w)
+            os.environ.clear()
+            os.environ.update(env)
+            from raylite.core import worker
+
+            worker.main(forked=True)
+            os._exit(0)
+        os.close(w)
+        self.children[pid] = {"fd": r, "buf": b"", "env_key": ""}
+
+    def spawn_worker(self, env_vars: dict, env_key: str) -> None:
+        r, w = os.pipe()
+        proc = subprocess.Popen([sys.executable, "-m", "raylite.core.worker"],
+                                env=self.worker_env(env_vars, env_key), stdout=w, stderr=w,
+                                stdin=subprocess.DEVNULL, close_fds=True)
+        os.close(w)
+        self.children[proc.pid] = {"fd": r, "buf": b"", "env_key": env_key}
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            self.read_output(pid, child, final=True)
+            os.close(child["fd"])
+            code = os.waitstatus_to_exitcode(status)
+            reason = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
+            self.send_head(P.WORKER_EXITED, {"pid": pid, "worker_id": child.get("worker_id"),
+                                             "worker_pid": pid, "node_id": self.node_id,
+                                             "reason": reason, "env_key": child["env_key"]})
+
+    def read_output(self, pid: int, child: dict, final: bool = False) -> None:
+        try:
+            data = os.read(child["fd"], 1 << 16)
+        except (BlockingIOError, OSError):
+            data = b""
+        buf = child["buf"] + data
+        lines = buf.split(b"\n")
+        child["buf"] = b"" if final else lines.pop()
+        lines = [ln for ln in lines if ln]
+        if lines:
+            prefix = f"(pid={pid}, node={self.node_id}) "
+            self.send_head(P.LOG, {"lines": [prefix + ln.decode(errors="replace")
+                                             for ln in lines]})
+
+    # ------------------------------------------------------------------ messaging
+    def send_head(self, msg_type: bytes, body: dict) -> None:
+        self.outbox.send(self.head_addr, P.encode(msg_type, body))
+
+    def on_spawn(self, body: dict) -> None:
+        self.spawn_worker(body.get("env_vars") or {}, body.get("env_key", ""))
+
+    def on_kill_worker(self, body: dict) -> None:
+        pid = body.get("pid")
+        if pid in self.children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def on_fetch(self, body: dict) -> None:
+        try:
+            data = store.read_bytes(body["path"])
+            reply = {"req_id": body["req_id"], "value": data}
+        except OSError as e:
+            reply = {"req_id": body["req_id"], "error": e}
+        self.outbox.send(body["reply_to"], P.encode(P.REPLY, reply))
+
+    def on_shutdown(self, body: dict) -> None:
+        self.running = False
+
+    def run(self) -> None:
+        import zmq
+
+        from raylite.core.transport import Outbox, Transport
+
+        self.transport = Transport(self.token, self.bind_host)
+        self.outbox = Outbox(self.transport)
+        self.inbox, self.addr = self.transport.bind()
+        self.send_head(P.REGISTER_NODE, {
+            "node_id": self.node_id, "addr": self.addr, "resources": self.resources,
+            "labels": self.labels, "host": socket.gethostname(), "pid": os.getpid(),
+            "warm": self.warm})
+        handlers = {P.SPAWN_WORKER: self.on_spawn, P.KILL_WORKER: self.on_kill_worker,
+                    P.FETCH: self.on_fetch, P.SHUTDOWN: self.on_shutdown}
+        poller = zmq.Poller()
+        poller.register(self.inbox, zmq.POLLIN)
+        registered: set[int] = set()
+        last_beat = 0.0
+        while self.running:
+            for pid, child in self.children.items():
+                if child["fd"] not in registered:
+                    os.set_blocking(child["fd"], False)
+                    poller.register(child["fd"], zmq.POLLIN)
+                    registered.add(child["fd"])
+            ready = dict(poller.poll(50))
+            if self.inbox in ready:
+                while True:
+                    try:
+                        frames = self.inbox.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    mtype, body, _ = P.decode(frames)
+                    handlers[mtype](body)
+            by_fd = {c["fd"]: (pid, c) for pid, c in self.children.items()}
+            for fd in ready:
+                if isinstance(fd, int) and fd in by_fd:
+                    self.read_output(*by_fd[fd])
+            self.reap()
+            for fd in list(registered):
+                if fd not in by_fd:
+                    try:
+                        poller.unregister(fd)
+                    except KeyError:
+                        pass
+                    registered.discard(fd)
+            now = time.monotonic()
+            if now - last_beat > HEARTBEAT_S:
+                last_beat = now
+                self.send_head(P.HEARTBEAT, {"node_id": self.node_id})
+        self.stop()
+
+    def stop(self) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 2.0
+        while self.children and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, 0)
+                self.children.pop(pid, None)
+            except ChildProcessError:
+                break
+        store.remove_dir(self.store_dir)
+        try:
+            os.rmdir(store.session_dir(self.session))
+        except OSError:
+            pass
+        try:
+            self.outbox.close(linger_ms=100)
+            self.inbox.close(linger=0)
+            self.transport.close(linger_ms=0)
+        except Exception:
+            pass
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m raylite.core.agent")
+    ap.add_argument("--head", required=True)
+    ap.add_argument("--session", required=True)
+    ap.add_argument("--node-id", required=True)
+    ap.add_argument("--resources", required=True)
+    ap.add_argument("--labels", default="{}")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--warm", type=int, default=2)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="[raylite agent] %(message)s")
+    agent = Agent(args, os.environ.get("RAYLITE_TOKEN"))
+    # import the worker's modules once, then fork the warm pool before any ZeroMQ context
+    # or thread exists in this process
+    from raylite.core import worker  # noqa: F401
+
+    for _ in range(args.warm):
+        agent.fork_worker()
+    die_with_parent(signal.SIGTERM)
+
+    def on_term(*_):
+        agent.running = False
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        agent.run()
+    finally:
+        if agent.running:
+            agent.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""``init`` / ``shutdown``: start or join a cluster from a notebook or script.
+
+``init()`` with no address starts a head and one agent per virtual node as child
+processes of this one (they die with it: parent-death signal plus a watcher), all in
+parallel, and returns as soon as the head has seen every node register.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+from raylite.core import protocol as P
+from raylite.core import runtime, store
+from raylite.core.core_worker import CoreWorker, print_worker_lines
+from raylite.core.object_ref import new_id
+from raylite.core.osutil import free_port_pair, stop_processes
+
+SESSION_FILE_DIR = os.path.join(os.environ.get("TMPDIR", "/tmp"), "raylite")
+
+
+class LocalCluster:
+    """The processes of a cluster this driver started: a head and its node agents."""
+
+    def __init__(self, session: str, host: str = "127.0.0.1", token: str | None = None,
+                 detached: bool = False):
+        self.session = session
+        self.host = host
+        self.token = token
+        self.detached = detached
+        self.port = free_port_pair(host)
+        self.address = f"tcp://{'127.0.0.1' if host == '127.0.0.1' else host}:{self.port}"
+        self.head = None
+        self.agents: dict[str, subprocess.Popen] = {}
+        self._n = 0
+
+    def _env(self) -> dict:
+        env = dict(os.environ)
+        if not self.detached:
+            env["RAYLITE_PARENT_PID"] = str(os.getpid())
+        else:
+            env.pop("RAYLITE_PARENT_PID", None)
+        if self.token:
+            env["RAYLITE_TOKEN"] = self.token
+        pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
+        return env
+
+    def start_head(self, port: int | None = None) -> None:
+        if port:
+            self.port = port
+            self.address = self.address.rsplit(":", 1)[0] + f":{port}"
+        self.head = subprocess.Popen(
+            [sys.executable, "-m", "raylite.core.head", "--port", str(self.port), "--session",
+             self.session, "--host", self.host], env=self._env(), stdout=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, start_new_session=self.detached)
+
+    def add_node(self, num_cpus=None, num_gpus=None, resources=None, labels=None,
+                 node_id: str | None = None, warm: int | None = None) -> str:
+        node_id = node_id or f"node{self._n}-{uuid.uuid4().hex[:6]}"
+        self._n += 1
+        res = node_resources(num_cpus, num_gpus, resources)
+        if warm is None:
+            warm = int(min(max(res.get("CPU", 1), 1), 4))
+        self.agents[node_id] = subprocess.Popen(
+            [sys.executable, "-m", "raylite.core.agent", "--head", self.address, "--session",
+             self.session, "--node-id", node_id, "--resources", json.dumps(res), "--labels",
+             json.dumps(labels or {}), "--host", self.host, "--warm", str(warm)],
+            env=self._env(), stdin=subprocess.DEVNULL, start_new_session=self.detached)
+        return node_id
+
+    def kill_node(self, node_id: str) -> None:
+        proc = self.agents.pop(node_id)
+        proc.kill()
+        proc.wait()
+
+    def stop(self) -> None:
+        procs = list(self.agents.values()) + ([self.head] if self.head else [])
+        stop_processes(procs)
+        self.agents.clear()
+        store.remove_dir(store.session_dir(self.session))
+
+
+def node_resources(num_cpus=None, num_gpus=None, resources=None) -> dict:
+    res = {"CPU": float(os.cpu_count() or 1 if num_cpus is None else num_cpus),
+           "GPU": float(detect_gpus() if num_gpus is None else num_gpus)}
+    res.update({k: float(v) for k, v in (resources or {}).items()})
+    return {k: v for k, v in res.items() if v or k == "CPU"}
+
+
+def detect_gpus() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip()])
+    try:
+        return len([d for d in os.listdir("/dev") if d.startswith("nvidia") and d[6:].isdigit()])
+    except OSError:
+        return 0
+
+
+class _State:
+    cluster: LocalCluster | None = None
+    context = None
+
+
+def connect(address: str, *, session: str | None = None, token: str | None = None,
+            namespace: str | None = None, log_to_driver: bool = True, expect_nodes: int = 0,
+            bind_host: str = "127.0.0.1") -> dict:
+    """Connect this process as a driver to the head at ``address``."""
+    job_id = new_id().hex()[:8]
+    core = CoreWorker(address, node_id="", session=session or "", job_id=job_id, token=token,
+                      bind_host=bind_host, namespace=namespace or f"anon-{job_id}")
+    try:
+        info = core.request_head(P.REGISTER_DRIVER, {
+            "job_id": job_id, "core_addr": core.addr, "expect_nodes": expect_nodes}, timeout=30)
+    except Exception:
+        core.shutdown()
+        raise
+    core.session = info["session"]
+    local = [n for n in info["nodes"] if n["alive"]]
+    core.node_id = local[0]["node_id"] if local else ""
+    core.store_dir = store.node_dir(core.session, core.node_id)
+    if log_to_driver:
+        core.log_hook = print_worker_lines
+    runtime.core = core
+    return info
+
+
+def resolve_address(address: str) -> tuple[str, str | None]:
+    """'auto' / 'host:port' / 'tcp://host:port' -> (zmq address, token)."""
+    token = os.environ.get("RAYLITE_TOKEN")
+    if address == "auto":
+        path = os.path.join(SESSION_FILE_DIR, "cluster.json")
+        try:
+            with open(path) as f:
+                info = json.load(f)
+        except FileNotFoundError:
+            raise ConnectionError("init(address='auto') found no running cluster; start one "
+                                  "with `raylite start --head`.") from None
+        return info["address"], token or info.get("token")
+    if not address.startswith("tcp://"):
+        address = "tcp://" + address
+    if token is None:
+        try:
+            with open(os.path.join(SESSION_FILE_DIR, "cluster.json")) as f:
+                info = json.load(f)
+            if info["address"] == address:
+                token = info.get("token")
+        except (FileNotFoundError, ValueError, KeyError):
+            pass
+    return address, token
+
+
+def auto_init():
+    from raylite.core.api import init
+
+    init()
+    return runtime.core
+
+
+def start_local(num_cpus=None, num_gpus=None, resources=None, labels=None, nodes=None,
+                warm=None) -> LocalCluster:
+    cluster = LocalCluster(uuid.uuid4().hex[:10])
+    cluster.start_head()
+    specs = nodes or [{"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources,
+                       "labels": labels}]
+    for spec in specs:
+        cluster.add_node(**spec, warm=warm)
+    return cluster
+
+
+def stop_local(cluster: LocalCluster) -> None:
+    cluster.stop()
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+atexit_registered = False
+
+
+def register_atexit(fn) -> None:
+    global atexit_registered
+    if not atexit_registered:
+        atexit.register(fn)
+        atexit_registered = True

@@ -1,0 +1,615 @@
+"""The head: the cluster's controller (Ray's GCS plus the lease part of the raylets).
+
+It keeps the node table, the workers of every node, the actor table and named actors;
+it grants worker *leases* to owners for a resource shape (the scheduling decision), places
+and restarts actors, and publishes events (actor state, owner deaths, worker output) on a
+PUB socket at ``port + 1``. It never sees task payloads or results: those flow between
+owners and workers directly.
+
+Run: ``python -m raylite.core.head --port P --session S`` (the driver or the CLI does it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import os
+import signal
+import sys
+import time
+
+import zmq
+
+from raylite.core import protocol as P
+from raylite.core import scheduler, store
+from raylite.core.osutil import die_with_parent
+from raylite.core.transport import Outbox, Transport
+
+log = logging.getLogger("raylite.head")
+
+NODE_TIMEOUT_S = float(os.environ.get("RAYLITE_NODE_TIMEOUT_S", "3.0"))
+DRIVER_TIMEOUT_S = 15.0
+
+
+class Node:
+    def __init__(self, body: dict):
+        self.node_id = body["node_id"]
+        self.addr = body["addr"]
+        self.host = body.get("host", "127.0.0.1")
+        self.pid = body.get("pid")
+        self.total = dict(body["resources"])
+        self.available = dict(self.total)
+        self.labels = dict(body.get("labels", {}))
+        self.alive = True
+        self.last_seen = time.monotonic()
+        self.idle: dict[str, list] = collections.defaultdict(list)  # env_key -> [Worker]
+        self.waiting_spawn: dict[str, collections.deque] = collections.defaultdict(
+            collections.deque)  # env_key -> grants waiting for a new worker
+        self.spawning: collections.Counter = collections.Counter()
+        self.warm = int(body.get("warm", 0))
+        self.spawning[""] = int(body.get("warm", 0))  # the agent forks its pool at start
+        ngpu = int(self.total.get("GPU", 0))
+        self.gpu_free = {i: 1.0 for i in range(ngpu)}
+
+    def view(self) -> scheduler.NodeView:
+        return scheduler.NodeView(self.node_id, self.total, self.available, self.labels,
+                                  self.alive)
+
+    def info(self) -> dict:
+        return {"node_id": self.node_id, "addr": self.addr, "host": self.host,
+                "alive": self.alive, "resources": dict(self.total),
+                "available": dict(self.available), "labels": dict(self.labels),
+                "pid": self.pid}
+
+
+class Worker:
+    def __init__(self, body: dict):
+        self.worker_id = body["worker_id"]
+        self.node_id = body["node_id"]
+        self.addr = body["addr"]
+        self.core_addr = body["core_addr"]
+        self.pid = body["pid"]
+        self.env_key = body.get("env_key", "")
+        self.state = "idle"  # idle | leased | actor | dead
+        self.owner = None  # lease owner's core address
+        self.held: dict = {}
+        self.gpu_ids: tuple = ()
+        self.blocked = False
+        self.actor = None
+
+
+class Request:
+    """A pending demand for a worker: a task lease or an actor placement."""
+
+    def __init__(self, body: dict, actor=None):
+        self.body = body
+        self.req_id = body.get("req_id")
+        self.demand = {k: float(v) for k, v in body["demand"].items() if v}
+        strat = body.get("strategy", "DEFAULT")
+        self.strategy = tuple(strat) if isinstance(strat, list) else strat
+        self.selector = scheduler.parse_selector(body.get("label_selector"))
+        self.env_vars = body.get("env_vars") or {}
+        self.env_key = body.get("env_key", "")
+        self.owner = body.get("owner")
+        self.actor = actor
+        self.warned = False
+        self.since = time.monotonic()
+
+
+class Actor:
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.actor_id = spec["actor_id"]
+        self.name = spec.get("name") or ""
+        self.namespace = spec.get("namespace") or ""
+        self.owner = spec["owner"]
+        self.job_id = spec.get("job_id")
+        self.detached = spec.get("lifetime") == "detached"
+        self.restarts_left = spec.get("max_restarts", 0)
+        self.state = "PENDING"
+        self.worker = None
+        self.error = None
+        self.waiters: list = []
+        self.num_restarts = 0
+
+    def info(self) -> dict:
+        w = self.worker
+        return {"actor_id": self.actor_id, "state": self.state, "name": self.name,
+                "namespace": self.namespace, "meta": self.spec["meta"],
+                "addr": w.addr if w else None, "core_addr": w.core_addr if w else None,
+                "node_id": w.node_id if w else None, "pid": w.pid if w else None,
+                "error": self.error, "class_name": self.spec["meta"].get("class_name"),
+                "num_restarts": self.num_restarts, "job_id": self.job_id}
+
+
+class Head:
+    def __init__(self, port: int, session: str, token: str | None, bind_host: str):
+        self.session = session
+        self.transport = Transport(token, bind_host)
+        self.inbox, self.addr = self.transport.bind(zmq.ROUTER, port)
+        self.pub, _ = self.transport.bind(zmq.PUB, port + 1)
+        self.outbox = Outbox(self.transport)
+        self.nodes: dict[str, Node] = {}
+        self.workers: dict[str, Worker] = {}
+        self.pending: list[Request] = []
+        self.actors: dict[bytes, Actor] = {}
+        self.named: dict[tuple, bytes] = {}
+        self.drivers: dict[str, dict] = {}
+        self.node_waiters: list[tuple[int, dict]] = []
+        self.spread_counter = 0
+        self.running = True
+        self.handlers = {
+            P.REGISTER_NODE: self.on_register_node, P.HEARTBEAT: self.on_heartbeat,
+            P.REGISTER_WORKER: self.on_register_worker, P.WORKER_EXITED: self.on_worker_exited,
+            P.REQUEST_LEASE: self.on_request_lease, P.CANCEL_LEASE: self.on_cancel_lease,
+            P.RETURN_LEASE: self.on_return_lease, P.WORKER_BLOCKED: self.on_worker_blocked,
+            P.CREATE_ACTOR: self.on_create_actor, P.ACTOR_READY: self.on_actor_ready,
+            P.GET_ACTOR_INFO: self.on_get_actor_info, P.KILL_ACTOR: self.on_kill_actor,
+            P.REGISTER_DRIVER: self.on_register_driver, P.DRIVER_EXIT: self.on_driver_exit,
+            P.CLUSTER_INFO: self.on_cluster_info, P.SHUTDOWN: self.on_shutdown,
+            P.LOG: self.on_log,
+        }
+
+    # ------------------------------------------------------------------ plumbing
+    def send(self, addr: str, msg_type: bytes, body: dict) -> None:
+        self.outbox.send(addr, P.encode(msg_type, body))
+
+    def reply(self, body: dict, value=None, error=None) -> None:
+        if body.get("reply_to"):
+            self.send(body["reply_to"], P.REPLY, {"req_id": body.get("req_id"), "value": value,
+                                                  "error": error})
+
+    def publish(self, topic: bytes, body: dict) -> None:
+        self.pub.send_multipart(P.encode(topic, body))
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.inbox, zmq.POLLIN)
+        last_check = time.monotonic()
+        while self.running:
+            if poller.poll(100):
+                for _ in range(1000):
+                    try:
+                        frames = self.inbox.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    try:
+                        mtype, body, _ = P.decode(frames)
+                        self.handlers[mtype](body)
+                    except Exception:
+                        log.exception("head: error handling a message")
+                self.schedule()
+            now = time.monotonic()
+            if now - last_check > 0.25:
+                last_check = now
+                self.check_liveness(now)
+        self.close()
+
+    def close(self) -> None:
+        self.outbox.close(linger_ms=300)
+        self.inbox.close(linger=0)
+        self.pub.close(linger=0)
+        self.transport.close(linger_ms=0)
+        try:
+            os.rmdir(store.session_dir(self.session))
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ nodes
+    def on_register_node(self, body: dict) -> None:
+        node = Node(body)
+        node.labels.setdefault("raylite.io/node-id", node.node_id)
+        self.nodes[node.node_id] = node
+        self.publish(P.EV_NODE, {"node_id": node.node_id, "alive": True})
+        self.answer_node_waiters()
+
+    def answer_node_waiters(self) -> None:
+        alive = sum(n.alive for n in self.nodes.values())
+        keep = []
+        for want, body in self.node_waiters:
+            if alive >= want:
+                self.reply(body, self.cluster_info())
+            else:
+                keep.append((want, body))
+        self.node_waiters = keep
+
+    def on_heartbeat(self, body: dict) -> None:
+        if "node_id" in body:
+            node = self.nodes.get(body["node_id"])
+            if node is not None:
+                node.last_seen = time.monotonic()
+        elif body.get("job_id") in self.drivers:
+            self.drivers[body["job_id"]]["last_seen"] = time.monotonic()
+
+    def check_liveness(self, now: float) -> None:
+        for node in list(self.nodes.values()):
+            if node.alive and now - node.last_seen > NODE_TIMEOUT_S:
+                log.warning("node %s missed heartbeats for %.1fs: marking it dead",
+                            node.node_id, now - node.last_seen)
+                self.node_died(node)
+        for job_id, d in list(self.drivers.items()):
+            if now - d["last_seen"] > DRIVER_TIMEOUT_S:
+                log.warning("driver %s stopped sending heartbeats: cleaning up", job_id)
+                self.driver_gone(job_id)
+        for req in self.pending:
+            if not req.warned and now - req.since > 2.0:
+                views = [n.view() for n in self.nodes.values()]
+                if not scheduler.feasible(views, req.demand, req.strategy, req.selector):
+                    req.warned = True
+                    what = "actor" if req.actor else "task"
+                    log.warning("A %s needs %s (label_selector=%s) which no node of the cluster "
+                                "can provide; it stays pending until such a node joins.",
+                                what, req.demand, req.body.get("label_selector"))
+
+    def node_died(self, node: Node) -> None:
+        node.alive = False
+        for k in node.available:
+            node.available[k] = 0.0
+        for w in [w for w in self.workers.values() if w.node_id == node.node_id]:
+            self.worker_died(w, f"its node {node.node_id} died")
+        for grants in node.waiting_spawn.values():
+            for req in grants:
+                req.since = time.monotonic()
+                self.pending.append(req)
+        node.waiting_spawn.clear()
+        self.publish(P.EV_NODE, {"node_id": node.node_id, "alive": False})
+
+    # ------------------------------------------------------------------ workers
+    def on_register_worker(self, body: dict) -> None:
+        w = Worker(body)
+        node = self.nodes.get(w.node_id)
+        if node is None or not node.alive:
+            return  # its node is gone; the worker exits with its agent
+        self.workers[w.worker_id] = w
+        node.spawning[w.env_key] = max(0, node.spawning[w.env_key] - 1)
+        waiting = node.waiting_spawn.get(w.env_key)
+        if waiting:
+            self.grant(node, waiting.popleft(), w)
+        else:
+            node.idle[w.env_key].append(w)
+
+    def on_worker_exited(self, body: dict) -> None:
+        node_id, pid = body["node_id"], body["pid"]
+        for w in self.workers.values():
+            if w.node_id == node_id and w.pid == pid:
+                self.worker_died(w, body.get("reason", "it exited"))
+                return
+        node = self.nodes.get(node_id)
+        if node is not None:  # it died before registering
+            node.spawning[body["env_key"]] = max(0, node.spawning[body["env_key"]] - 1)
+
+    def worker_died(self, w: Worker, reason: str) -> None:
+        if w.state == "dead":
+            return
+        node = self.nodes.get(w.node_id)
+        prev = w.state
+        w.state = "dead"
+        self.workers.pop(w.worker_id, None)
+        if node is not None:
+            if w in node.idle.get(w.env_key, ()):
+                node.idle[w.env_key].remove(w)
+            self.release(node, w)
+        if prev == "leased" and w.owner:
+            self.send(w.owner, P.WORKER_DIED, {"worker_id": w.worker_id, "reason": reason})
+        if w.actor is not None:
+            self.actor_worker_died(w.actor, reason)
+        self.publish(P.EV_OWNER_DIED, {"core_addr": w.core_addr})
+        self.owner_gone(w.core_addr)
+
+    def owner_gone(self, core_addr: str) -> None:
+        """A process that may own leases and actors is gone: reclaim what it held."""
+        for w in list(self.workers.values()):
+            if w.state == "leased" and w.owner == core_addr:
+                self.kill_worker(w)
+        self.pending = [r for r in self.pending if r.owner != core_addr or r.actor]
+        for a in list(self.actors.values()):
+            if a.owner == core_addr and not a.detached and a.state != "DEAD":
+                a.restarts_left = 0
+                self.kill_actor(a, "its owner died")
+
+    def kill_worker(self, w: Worker) -> None:
+        node = self.nodes.get(w.node_id)
+        if node is not None and node.alive:
+            self.send(node.addr, P.KILL_WORKER, {"worker_id": w.worker_id, "pid": w.pid})
+
+    def release(self, node: Node, w: Worker) -> None:
+        for k, v in w.held.items():
+            if k in node.available and node.alive:
+                node.available[k] += v
+        for gid in w.gpu_ids:
+            if gid in node.gpu_free:
+                node.gpu_free[gid] = min(1.0, node.gpu_free[gid] + w.held.get("GPU", 0) /
+                                         max(1, len(w.gpu_ids)))
+        w.held = {}
+        w.gpu_ids = ()
+
+    # ------------------------------------------------------------------ leases
+    def on_request_lease(self, body: dict) -> None:
+        self.pending.append(Request(body))
+
+    def on_cancel_lease(self, body: dict) -> None:
+        rid = body["req_id"]
+        self.pending = [r for r in self.pending if r.req_id != rid]
+        for node in self.nodes.values():
+            for env_key, grants in node.waiting_spawn.items():
+                for req in list(grants):
+                    if req.req_id == rid:
+                        grants.remove(req)
+                        self.unreserve(node, req)
+
+    def on_return_lease(self, body: dict) -> None:
+        w = self.workers.get(body["worker_id"])
+        if w is None or w.state != "leased":
+            return
+        node = self.nodes[w.node_id]
+        self.release(node, w)
+        w.state, w.owner, w.blocked = "idle", None, False
+        node.idle[w.env_key].append(w)
+
+    def on_worker_blocked(self, body: dict) -> None:
+        w = self.workers.get(body["worker_id"])
+        if w is None or w.state != "leased" or w.blocked == body["blocked"]:
+            return
+        node = self.nodes[w.node_id]
+        cpus = w.held.get("CPU", 0.0)
+        w.blocked = body["blocked"]
+        # a task blocked in get() lends its CPU out, so nested tasks cannot deadlock;
+        # when it resumes it takes it back even if that briefly oversubscribes (as Ray)
+        node.available["CPU"] = node.available.get("CPU", 0.0) + (cpus if w.blocked else -cpus)
+
+    def schedule(self) -> None:
+        if not self.pending:
+            return
+        views = {nid: n.view() for nid, n in self.nodes.items()}
+        keep = []
+        failed: set = set()
+        for req in self.pending:
+            shape = (tuple(sorted(req.demand.items())), str(req.strategy),
+                     str(req.body.get("label_selector")))
+            if shape in failed:
+                keep.append(req)
+                continue
+            node_id = scheduler.select_node(list(views.values()), req.demand, req.strategy,
+                                            req.selector, req.body.get("node_id"),
+                                            self.spread_counter)
+            if node_id is None:
+                failed.add(shape)
+                keep.append(req)
+                continue
+            if req.strategy == "SPREAD":
+                self.spread_counter += 1
+            self.place(self.nodes[node_id], req)
+        self.pending = keep
+
+    def place(self, node: Node, req: Request) -> None:
+        """Reserve ``req``'s resources on ``node`` and give it an idle or new worker."""
+        for k, v in req.demand.items():
+            node.available[k] = node.available.get(k, 0.0) - v
+        req.gpu_ids = self.take_gpus(node, req.demand.get("GPU", 0.0))
+        idle = node.idle.get(req.env_key)
+        if idle:
+            self.grant(node, req, idle.pop())
+        else:
+            waiting = node.waiting_spawn[req.env_key]
+            waiting.append(req)
+            if node.spawning[req.env_key] < len(waiting):
+                self.spawn(node, req.env_key, req.env_vars)
+        self.top_up_pool(node)
+
+    def unreserve(self, node: Node, req: Request) -> None:
+        for k, v in req.demand.items():
+            node.available[k] = node.available.get(k, 0.0) + v
+        for gid in getattr(req, "gpu_ids", ()):
+            node.gpu_free[gid] = min(1.0, node.gpu_free[gid] + req.demand.get("GPU", 0) /
+                                     max(1, len(req.gpu_ids)))
+
+    def take_gpus(self, node: Node, amount: float) -> tuple:
+        if amount <= 0:
+            return ()
+        if amount < 1:
+            for gid, free in sorted(node.gpu_free.items(), key=lambda kv: kv[1]):
+                if free + 1e-9 >= amount:
+                    node.gpu_free[gid] = free - amount
+                    return (gid,)
+            return ()
+        ids = [gid for gid, free in node.gpu_free.items() if free >= 1.0 - 1e-9][:int(amount)]
+        for gid in ids:
+            node.gpu_free[gid] = 0.0
+        return tuple(ids)
+
+    def spawn(self, node: Node, env_key: str, env_vars: dict) -> None:
+        node.spawning[env_key] += 1
+        self.send(node.addr, P.SPAWN_WORKER, {"env_key": env_key, "env_vars": env_vars})
+
+    def top_up_pool(self, node: Node) -> None:
+        """Keep ``node.warm`` idle default workers so the next lease needs no spawn."""
+        have = len(node.idle.get("", ())) + node.spawning[""] - len(node.waiting_spawn[""])
+        for _ in range(node.warm - have):
+            self.spawn(node, "", {})
+
+    def grant(self, node: Node, req: Request, w: Worker) -> None:
+        w.held = dict(req.demand)
+        w.gpu_ids = getattr(req, "gpu_ids", ())
+        if req.actor is not None:
+            self.start_actor(req.actor, w)
+            return
+        w.state, w.owner = "leased", req.owner
+        self.send(req.body["reply_to"], P.LEASE_GRANTED, {
+            "req_id": req.req_id, "worker_id": w.worker_id, "addr": w.addr,
+            "core_addr": w.core_addr, "node_id": w.node_id, "gpu_ids": w.gpu_ids})
+
+    # ------------------------------------------------------------------ actors
+    def on_create_actor(self, spec: dict) -> None:
+        name, ns = spec.get("name"), spec.get("namespace") or ""
+        if name:
+            existing = self.named.get((ns, name))
+            if existing is not None and self.actors[existing].state != "DEAD":
+                if spec.get("get_if_exists"):
+                    self.reply(spec, self.actors[existing].info())
+                else:
+                    self.reply(spec, error=ValueError(
+                        f"An actor named {name!r} already exists in namespace {ns!r}; pick "
+                        "another name, or pass get_if_exists=True to reuse it."))
+                return
+        actor = Actor(spec)
+        self.actors[actor.actor_id] = actor
+        if name:
+            self.named[(ns, name)] = actor.actor_id
+            self.reply(spec, actor.info())
+        self.pending.append(Request(spec, actor=actor))
+
+    def start_actor(self, actor: Actor, w: Worker) -> None:
+        w.state, w.actor, w.owner = "actor", actor, actor.owner
+        actor.worker = w
+        spec = actor.spec
+        self.send(w.addr, P.BECOME_ACTOR, {k: spec[k] for k in (
+            "actor_id", "cls", "args", "meta", "max_concurrency", "job_id", "name")})
+
+    def on_actor_ready(self, body: dict) -> None:
+        actor = self.actors.get(body["actor_id"])
+        if actor is None or actor.worker is None:
+            return
+        if body.get("error") is not None:
+            actor.restarts_left = 0
+            actor.error = body["error"]
+            self.kill_worker(actor.worker)
+            self.set_actor_state(actor, "DEAD")
+            return
+        w = actor.worker
+        if not actor.spec.get("hold_cpu"):
+            # Ray: an actor needs 1 CPU to be placed but holds 0 while it runs
+            node = self.nodes[w.node_id]
+            cpus = w.held.pop("CPU", 0.0)
+            node.available["CPU"] = node.available.get("CPU", 0.0) + cpus
+        self.set_actor_state(actor, "ALIVE")
+
+    def set_actor_state(self, actor: Actor, state: str) -> None:
+        actor.state = state
+        info = actor.info()
+        self.publish(P.EV_ACTOR, info)
+        if state in ("ALIVE", "DEAD"):
+            for body in actor.waiters:
+                self.reply(body, info)
+            actor.waiters = []
+
+    def actor_worker_died(self, actor: Actor, reason: str) -> None:
+        actor.worker = None
+        if actor.state == "DEAD":
+            return
+        if actor.restarts_left != 0 and actor.error is None:
+            if actor.restarts_left > 0:
+                actor.restarts_left -= 1
+            actor.num_restarts += 1
+            self.set_actor_state(actor, "RESTARTING")
+            self.pending.append(Request(actor.spec, actor=actor))
+        else:
+            actor.error = actor.error or f"its worker process died ({reason})"
+            self.set_actor_state(actor, "DEAD")
+
+    def on_get_actor_info(self, body: dict) -> None:
+        if body.get("name") is not None:
+            aid = self.named.get((body.get("namespace") or "", body["name"]))
+            actor = self.actors.get(aid) if aid else None
+            if actor is None or actor.state == "DEAD":
+                self.reply(body, error=ValueError(
+                    f"Failed to look up actor with name {body['name']!r} in namespace "
+                    f"{body.get('namespace') or ''!r}: no such live actor."))
+                return
+        else:
+            actor = self.actors.get(body["actor_id"])
+            if actor is None:
+                self.reply(body, {"state": "DEAD", "error": "unknown actor"})
+                return
+        if body.get("wait") and actor.state not in ("ALIVE", "DEAD"):
+            actor.waiters.append(body)
+        else:
+            self.reply(body, actor.info())
+
+    def on_kill_actor(self, body: dict) -> None:
+        actor = self.actors.get(body["actor_id"])
+        if actor is None or actor.state == "DEAD":
+            return
+        if body.get("no_restart", True):
+            actor.restarts_left = 0
+        self.kill_actor(actor, "it was killed with raylite.kill")
+
+    def kill_actor(self, actor: Actor, reason: str) -> None:
+        if actor.worker is not None:
+            if actor.restarts_left == 0:
+                actor.error = f"The actor died because {reason}."
+            self.kill_worker(actor.worker)
+        else:
+            self.pending = [r for r in self.pending if r.actor is not actor]
+            for node in self.nodes.values():
+                for grants in node.waiting_spawn.values():
+                    for req in list(grants):
+                        if req.actor is actor:
+                            grants.remove(req)
+                            self.unreserve(node, req)
+            actor.error = f"The actor died because {reason}."
+            self.set_actor_state(actor, "DEAD")
+
+    # ------------------------------------------------------------------ drivers
+    def on_register_driver(self, body: dict) -> None:
+        self.drivers[body["job_id"]] = {"core_addr": body["core_addr"],
+                                        "last_seen": time.monotonic()}
+        want = body.get("expect_nodes", 0)
+        if sum(n.alive for n in self.nodes.values()) >= want:
+            self.reply(body, self.cluster_info())
+        else:
+            self.node_waiters.append((want, body))
+
+    def on_driver_exit(self, body: dict) -> None:
+        self.driver_gone(body["job_id"])
+
+    def driver_gone(self, job_id: str) -> None:
+        d = self.drivers.pop(job_id, None)
+        if d is not None:
+            self.publish(P.EV_OWNER_DIED, {"core_addr": d["core_addr"]})
+            self.owner_gone(d["core_addr"])
+
+    def cluster_info(self) -> dict:
+        return {"nodes": [n.info() for n in self.nodes.values()], "session": self.session,
+                "head_addr": self.addr,
+                "actors": [a.info() for a in self.actors.values()],
+                "workers": [{"worker_id": w.worker_id, "node_id": w.node_id, "pid": w.pid,
+                             "state": w.state, "actor_id": w.actor.actor_id if w.actor else None}
+                            for w in self.workers.values()],
+                "pending": len(self.pending)}
+
+    def on_cluster_info(self, body: dict) -> None:
+        self.reply(body, self.cluster_info())
+
+    def on_log(self, body: dict) -> None:
+        self.publish(P.EV_LOG, body)
+
+    def on_shutdown(self, body: dict) -> None:
+        for node in self.nodes.values():
+            if node.alive:
+                self.send(node.addr, P.SHUTDOWN, {})
+        self.reply(body, True)
+        self.running = False
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m raylite.core.head")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--session", required=True)
+    ap.add_argument("--host", default="127.0.0.1")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="[raylite head] %(message)s")
+    die_with_parent(signal.SIGTERM)
+    head = Head(args.port, args.session, os.environ.get("RAYLITE_TOKEN"), args.host)
+
+    def on_term(*_):
+        head.running = False
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print(f"RAYLITE_HEAD_READY {head.addr}", flush=True)
+    head.run()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

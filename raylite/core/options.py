@@ -1,0 +1,107 @@
+"""Validation of ``@remote`` / ``.options()`` arguments and their translation into a
+scheduling demand (resources, strategy, labels, runtime env)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from raylite.core import scheduler
+
+COMMON = {"num_cpus", "num_gpus", "memory", "resources", "accelerator_type", "label_selector",
+          "scheduling_strategy", "runtime_env", "name", "_metadata"}
+TASK_ONLY = {"max_retries", "retry_exceptions", "num_returns", "max_calls"}
+ACTOR_ONLY = {"max_restarts", "max_task_retries", "max_concurrency", "namespace", "lifetime",
+              "get_if_exists", "concurrency_groups", "max_pending_calls"}
+TASK_OPTIONS = COMMON | TASK_ONLY
+ACTOR_OPTIONS = COMMON | ACTOR_ONLY
+
+
+def validate(options: dict, for_actor: bool) -> dict:
+    allowed = ACTOR_OPTIONS if for_actor else TASK_OPTIONS
+    what = "an actor" if for_actor else "a task"
+    for key in options:
+        if key not in allowed:
+            raise ValueError(f"Invalid option {key!r} for {what}; valid options are: "
+                             f"{', '.join(sorted(o for o in allowed if not o.startswith('_')))}")
+    for key in ("num_cpus", "num_gpus", "memory"):
+        v = options.get(key)
+        if v is not None and (not isinstance(v, (int, float)) or v < 0):
+            raise ValueError(f"{key} must be a non-negative number, got {v!r}")
+    res = options.get("resources")
+    if res is not None:
+        if not isinstance(res, dict) or any(not isinstance(v, (int, float)) or v < 0
+                                            for v in res.values()):
+            raise ValueError(f"resources must be a dict of name -> non-negative number, got {res!r}")
+        for k in ("CPU", "GPU", "memory"):
+            if k in res:
+                raise ValueError(f"Use num_cpus/num_gpus/memory instead of resources[{k!r}]")
+    nret = options.get("num_returns")
+    if nret is not None and nret != "streaming" and nret != "dynamic" and (
+            not isinstance(nret, int) or nret < 0):
+        raise ValueError(f"num_returns must be a non-negative int or 'streaming', got {nret!r}")
+    env = options.get("runtime_env")
+    if env is not None:
+        if not isinstance(env, dict):
+            raise ValueError(f"runtime_env must be a dict, got {env!r}")
+        unsupported = set(env) - {"env_vars"}
+        if unsupported:
+            raise ValueError(f"runtime_env keys {sorted(unsupported)} are not supported by "
+                             "raylite; only 'env_vars' is (install packages in the cluster's "
+                             "environment instead)")
+        ev = env.get("env_vars") or {}
+        if not isinstance(ev, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                               for k, v in ev.items()):
+            raise ValueError("runtime_env['env_vars'] must be a dict of str -> str")
+    scheduler.parse_selector(options.get("label_selector"))
+    if options.get("lifetime") not in (None, "detached", "non_detached"):
+        raise ValueError("lifetime must be 'detached' or 'non_detached'")
+    return options
+
+
+def strategy_of(strategy):
+    """Translate a scheduling_strategy option into the head's form."""
+    if strategy is None or strategy == "DEFAULT":
+        return "DEFAULT"
+    if strategy == "SPREAD":
+        return "SPREAD"
+    to_wire = getattr(strategy, "_to_wire", None)
+    if to_wire is not None:
+        return to_wire()
+    raise ValueError(f"Unknown scheduling_strategy {strategy!r}: use 'DEFAULT', 'SPREAD', "
+                     "NodeAffinitySchedulingStrategy or PlacementGroupSchedulingStrategy")
+
+
+def demand_of(options: dict, for_actor: bool) -> dict:
+    default_cpus = 1
+    cpus = options.get("num_cpus")
+    demand = {"CPU": default_cpus if cpus is None else cpus,
+              "GPU": options.get("num_gpus") or 0}
+    if options.get("memory"):
+        demand["memory"] = options["memory"]
+    for k, v in (options.get("resources") or {}).items():
+        demand[k] = v
+    if options.get("accelerator_type"):
+        demand[f"accelerator_type:{options['accelerator_type']}"] = 0.001
+    return {k: float(v) for k, v in demand.items() if v}
+
+
+def env_of(options: dict) -> tuple[dict, str]:
+    env_vars = (options.get("runtime_env") or {}).get("env_vars") or {}
+    if not env_vars:
+        return {}, ""
+    key = hashlib.sha1(json.dumps(env_vars, sort_keys=True).encode()).hexdigest()[:16]
+    return dict(env_vars), key
+
+
+def lease_spec(options: dict, for_actor: bool = False) -> tuple[tuple, dict, dict]:
+    """(scheduling key, demand, extra lease fields) for a task's options."""
+    demand = demand_of(options, for_actor)
+    strategy = strategy_of(options.get("scheduling_strategy"))
+    env_vars, env_key = env_of(options)
+    selector = options.get("label_selector") or None
+    key = (tuple(sorted(demand.items())), repr(strategy),
+           tuple(sorted((selector or {}).items())), env_key)
+    extra = {"strategy": strategy, "label_selector": selector, "env_vars": env_vars,
+             "env_key": env_key}
+    return key, demand, extra

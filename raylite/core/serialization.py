@@ -1,0 +1,129 @@
+"""Serialisation of values: cloudpickle with pickle protocol 5 out-of-band buffers.
+
+A value becomes a :class:`Serialized`: a small pickled ``meta`` plus the raw ``buffers``
+of large binary members (NumPy arrays, bytes-likes) that never get copied into the pickle.
+Values defined in a notebook (``__main__``) pickle by value, so they work on workers.
+
+A *descriptor* is how a value travels in messages and lives in an owner's table:
+
+- ``("i", meta, [bytes, ...])`` inline (small values);
+- ``("s", node_id, path, size)`` in a node's shared-memory store;
+- ``("e", meta)`` a pickled error, raised when read.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import traceback
+
+import cloudpickle
+
+from raylite.exceptions import RayTaskError
+
+INLINE_LIMIT = 100 * 1024  # values bigger than this go to the shared-memory store (as Ray)
+
+_SIMPLE = {type(None), bool, int, float, str, bytes, complex}
+
+_ctx = threading.local()
+
+
+class Serialized:
+    __slots__ = ("meta", "buffers", "refs", "size")
+
+    def __init__(self, meta: bytes, buffers: list, refs: list):
+        self.meta = meta
+        self.buffers = buffers
+        self.refs = refs
+        self.size = len(meta) + sum(memoryview(b).nbytes for b in buffers)
+
+
+def serialize(value) -> Serialized:
+    """Pickle ``value``; ObjectRefs found inside are collected into ``.refs``."""
+    if type(value) in _SIMPLE:
+        return Serialized(pickle.dumps(value, 5), [], [])
+    buffers: list = []
+    refs: list = []
+    outer = getattr(_ctx, "refs", None)
+    _ctx.refs = refs
+    try:
+        meta = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except Exception as e:
+        raise _unpicklable_error(value, e) from e
+    finally:
+        _ctx.refs = outer
+    return Serialized(meta, [b.raw() for b in buffers], refs)
+
+
+def note_ref_serialized(ref) -> None:
+    """Called by ``ObjectRef.__reduce__``: record a ref nested inside a value."""
+    refs = getattr(_ctx, "refs", None)
+    if refs is not None:
+        refs.append(ref)
+
+
+def deserialize(meta, buffers=()):
+    return pickle.loads(meta, buffers=buffers)
+
+
+def inline_descriptor(s: Serialized) -> tuple:
+    return ("i", s.meta, [bytes(b) for b in s.buffers])
+
+
+def error_descriptor(err: BaseException) -> tuple:
+    try:
+        return ("e", cloudpickle.dumps(err, protocol=5))
+    except Exception:
+        fallback = RayTaskError(getattr(err, "function_name", "task"),
+                                getattr(err, "traceback_str", repr(err)), None)
+        return ("e", cloudpickle.dumps(fallback, protocol=5))
+
+
+def task_error(function_name: str, exc: BaseException, pid=None, node_id=None) -> RayTaskError:
+    """Wrap an exception raised by user code, keeping the remote traceback."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    cause = exc
+    try:
+        pickle.loads(cloudpickle.dumps(exc))
+    except Exception:
+        cause = None  # the cause cannot travel; its text is in the traceback
+    if isinstance(exc, RayTaskError):
+        return exc
+    return RayTaskError(function_name, tb, cause, pid, node_id)
+
+
+def _unpicklable_error(value, exc: Exception) -> TypeError:
+    culprit = _find_unpicklable(value)
+    name = culprit if culprit is not None else repr(value)[:200]
+    return TypeError(
+        f"Could not serialize {name}: {exc}. raylite pickles functions, arguments and "
+        "results with cloudpickle; pass picklable values (or create the unpicklable object, "
+        "e.g. a lock, socket or open file, inside the task or actor instead).")
+
+
+def _find_unpicklable(value, depth: int = 0, path: str = "value"):
+    """Walk a value and name the innermost member that cannot be pickled."""
+    if depth > 4:
+        return None
+    children = []
+    if isinstance(value, dict):
+        children = [(f"{path}[{k!r}]", v) for k, v in value.items()]
+    elif isinstance(value, (list, tuple, set)):
+        children = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+    elif callable(value) and getattr(value, "__code__", None) is not None:
+        closure = value.__closure__ or ()
+        names = value.__code__.co_freevars
+        children = [(f"{value.__qualname__} captures {n!r}", c.cell_contents)
+                    for n, c in zip(names, closure)]
+        glb = value.__globals__
+        children += [(f"{value.__qualname__} uses global {n!r}", glb[n])
+                     for n in value.__code__.co_names if n in glb]
+    elif hasattr(value, "__dict__") and not isinstance(value, type):
+        children = [(f"{path}.{k}", v) for k, v in vars(value).items()]
+    for child_path, child in children:
+        try:
+            cloudpickle.dumps(child)
+        except Exception:
+            inner = _find_unpicklable(child, depth + 1, child_path)
+            return inner or f"{child_path} ({type(child).__name__} object)"
+    return None

@@ -1,0 +1,360 @@
+"""A worker process: runs tasks for whoever holds its lease, or hosts one actor.
+
+The main thread owns the *task inbox* and executes what arrives there, so a task costs
+no thread hop inside the worker; the CoreWorker's IO thread handles everything else
+(results of nested tasks, object requests, cancellation). Cancelling a running task
+raises ``TaskCancelledError`` in it through SIGINT (which also interrupts ``sleep``).
+
+Run: ``python -m raylite.core.worker`` with the RAYLITE_* environment set by the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import zmq
+
+from raylite import exceptions as exc
+from raylite.core import protocol as P
+from raylite.core import runtime
+from raylite.core import serialization as ser
+from raylite.core.core_worker import CoreWorker, _Dep
+from raylite.core.object_ref import ObjectRef, new_id, reset_id_prefix, return_id
+from raylite.core.osutil import die_with_parent
+
+
+class Executor:
+    def __init__(self, core: CoreWorker, sock: zmq.Socket):
+        self.core = core
+        self.sock = sock
+        self.fns: dict[bytes, object] = {}
+        self.fn_bytes: dict[bytes, bytes] = {}
+        self.running: bytes | None = None
+        self.running_owner: str | None = None
+        self.cancel_requested: bytes | None = None
+        self.cancelled: set[bytes] = set()
+        self.actor = None
+        self.actor_id = None
+        self.pool = None
+        self.loop = None
+        self.async_sem = None
+        self.async_tasks: dict[bytes, object] = {}
+        self.main_thread = threading.current_thread()
+        self.handlers = {P.EXECUTE: self.on_execute, P.ACTOR_CALL: self.on_actor_call,
+                         P.BECOME_ACTOR: self.on_become_actor}
+
+    def run(self) -> None:
+        sock = self.sock
+        while True:
+            try:
+                frames = sock.recv_multipart()
+            except KeyboardInterrupt:
+                continue
+            except zmq.ZMQError:
+                return
+            mtype, body, _ = P.decode(frames)
+            self.handlers[mtype](body)
+
+    # ------------------------------------------------------------------ helpers
+    def load_fn(self, body: dict):
+        fn_id = body["fn_id"]
+        fn = self.fns.get(fn_id)
+        if fn is None:
+            raw = body.get("fn") or self.fn_bytes.pop(fn_id)
+            fn = self.fns[fn_id] = ser.deserialize(raw)
+        return fn
+
+    def resolve_args(self, body: dict):
+        args, kwargs = self.core.read_desc(body["args"])
+        deps = body.get("deps")
+        if deps:
+            values = [self.core.read_desc(d) for d in deps]
+
+            def sub(v):
+                return values[v.i] if isinstance(v, _Dep) else v
+            args = tuple(sub(a) for a in args)
+            kwargs = {k: sub(v) for k, v in kwargs.items()}
+        return args, kwargs
+
+    def package(self, value, nret: int, tid: bytes) -> list:
+        if nret == 1:
+            values = [value]
+        elif nret == 0:
+            values = []
+        else:
+            values = list(value)
+            if len(values) != nret:
+                raise ValueError(f"The task declared num_returns={nret} but returned "
+                                 f"{len(values)} values.")
+        return [self.describe(v, return_id(tid, i)) for i, v in enumerate(values)]
+
+    def describe(self, value, oid: bytes) -> tuple:
+        s = ser.serialize(value)
+        if s.refs:
+            with self.core._lock:
+                self.core._mark_escaped(s.refs)
+        return self.core._make_desc(s, oid)
+
+    def reply(self, owner: str, body: dict) -> None:
+        self.core.outbox.send(owner, P.encode(P.TASK_DONE, body))
+
+    def error_reply(self, tid: bytes, name: str, e: BaseException) -> dict:
+        if isinstance(e, exc.TaskCancelledError):
+            return {"task_id": tid, "error": ser.error_descriptor(exc.TaskCancelledError(tid.hex()))}
+        err = ser.task_error(name, e, os.getpid(), self.core.node_id)
+        return {"task_id": tid, "error": ser.error_descriptor(err), "app_error": True}
+
+    def invoke(self, body: dict, fn, name: str) -> dict:
+        """Run one call in this thread and build its TASK_DONE body."""
+        tid = body["task_id"]
+        ctx = runtime.task_context
+        ctx.task_id = tid
+        gpu_ids = body.get("gpu_ids")
+        if gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
+            ctx.gpu_ids = tuple(gpu_ids)
+        try:
+            args, kwargs = self.resolve_args(body)
+            result = fn(*args, **kwargs)
+            if body.get("stream"):
+                return self.stream(body, result)
+            return {"task_id": tid, "results": self.package(result, body["nret"], tid)}
+        except BaseException as e:  # noqa: BLE001 - user code may raise anything
+            return self.error_reply(tid, name, e)
+        finally:
+            ctx.task_id = None
+
+    def stream(self, body: dict, gen) -> dict:
+        tid, owner = body["task_id"], body["owner"]
+        count = 0
+        try:
+            for value in gen:
+                desc = self.describe(value, return_id(tid, count + 1))
+                self.core.outbox.send(owner, P.encode(P.STREAM_ITEM, {
+                    "task_id": tid, "index": count, "desc": desc}))
+                count += 1
+        except BaseException as e:  # noqa: BLE001
+            reply = self.error_reply(tid, body.get("name") or body.get("method"), e)
+            reply["count"] = count
+            return reply
+        return {"task_id": tid, "count": count}
+
+    # ------------------------------------------------------------------ tasks
+    def on_execute(self, body: dict) -> None:
+        tid, owner = body["task_id"], body["owner"]
+        if tid in self.cancelled:
+            self.cancelled.discard(tid)
+            self.reply(owner, self.error_reply(tid, "", exc.TaskCancelledError()))
+            return
+        runtime.task_context.job_id = body.get("job_id")
+        self.running, self.running_owner = tid, owner
+        try:
+            fn = self.load_fn(body)
+            reply = self.invoke(body, fn, body["name"])
+        except exc.TaskCancelledError as e:
+            reply = self.error_reply(tid, body["name"], e)
+        finally:
+            self.running = None
+            self.cancel_requested = None
+        self.reply(owner, reply)
+        sys.stdout.flush()
+
+    def on_blocked(self, blocked: bool) -> None:
+        """Called around a blocking get: lend the CPU out, hand queued tasks back."""
+        if threading.current_thread() is not self.main_thread or self.actor is not None \
+                or self.running is None:
+            return
+        core = self.core
+        if blocked:
+            returned = []
+            while True:
+                try:
+                    frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                _, body, _ = P.decode(frames)
+                if body.get("fn") is not None:
+                    self.fn_bytes[body["fn_id"]] = body["fn"]
+                returned.append(body["task_id"])
+            core.outbox.send(self.running_owner, P.encode(P.TASKS_RETURNED, {
+                "worker_id": core.worker_id, "task_ids": returned}))
+        else:
+            core.outbox.send(self.running_owner, P.encode(P.WORKER_UNBLOCKED, {
+                "worker_id": core.worker_id}))
+        core.send_head(P.WORKER_BLOCKED, {"worker_id": core.worker_id, "blocked": blocked})
+
+    def cancel(self, tid: bytes, force: bool) -> None:
+        """Runs on the IO thread when the owner cancels ``tid``."""
+        if force:
+            os.kill(os.getpid(), signal.SIGKILL)
+        fut = self.async_tasks.get(tid)
+        if fut is not None:
+            self.loop.call_soon_threadsafe(fut.cancel)
+            return
+        if self.running == tid:
+            self.cancel_requested = tid
+            os.kill(os.getpid(), signal.SIGINT)
+        else:
+            self.cancelled.add(tid)
+
+    def on_sigint(self, *_):
+        if self.running is not None and self.cancel_requested == self.running:
+            self.cancel_requested = None
+            raise exc.TaskCancelledError(self.running.hex())
+
+    # ------------------------------------------------------------------ actors
+    def on_become_actor(self, body: dict) -> None:
+        core = self.core
+        self.actor_id = body["actor_id"]
+        runtime.task_context.actor_id = self.actor_id
+        runtime.task_context.job_id = body.get("job_id")
+        error = None
+        try:
+            cls = ser.deserialize(body["cls"])
+            args, kwargs = core.read_desc(body["args"])
+            args = tuple(self._get_if_ref(a) for a in args)
+            kwargs = {k: self._get_if_ref(v) for k, v in kwargs.items()}
+            meta = body["meta"]
+            if meta.get("is_async"):
+                self.start_loop(body.get("max_concurrency") or 1000)
+                self.actor = self.run_in_loop(lambda: cls(*args, **kwargs))
+            else:
+                self.actor = cls(*args, **kwargs)
+                conc = body.get("max_concurrency") or 1
+                if conc > 1:
+                    self.pool = ThreadPoolExecutor(conc, thread_name_prefix="raylite-actor")
+        except BaseException as e:  # noqa: BLE001
+            err = ser.task_error(f"{body['meta'].get('class_name')}.__init__", e, os.getpid(),
+                                 core.node_id)
+            error = exc.ActorDiedError(
+                f"The actor {body.get('name') or ''} died because its constructor failed:\n"
+                f"{err.traceback_str}", self.actor_id.hex())
+        core.send_head(P.ACTOR_READY, {"actor_id": self.actor_id, "error": error})
+        sys.stdout.flush()
+
+    def _get_if_ref(self, v):
+        return self.core.get([v])[0] if isinstance(v, ObjectRef) else v
+
+    def start_loop(self, concurrency: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True,
+                         name="raylite-actor-loop").start()
+        self.async_sem = asyncio.Semaphore(concurrency)
+
+    def run_in_loop(self, fn):
+        async def call():
+            return fn()
+        return asyncio.run_coroutine_threadsafe(call(), self.loop).result()
+
+    def on_actor_call(self, body: dict) -> None:
+        method = body["method"]
+        if method == "__ray_terminate__":
+            self.reply(body["owner"], {"task_id": body["task_id"],
+                                       "results": self.package(None, body["nret"],
+                                                               body["task_id"])})
+            self.core.outbox.close(linger_ms=500)
+            os._exit(0)
+        if self.actor is None:
+            return
+        fn = getattr(self.actor, method, None)
+        if fn is None:
+            reply = self.error_reply(body["task_id"], method, AttributeError(
+                f"{type(self.actor).__name__} has no method {method!r}"))
+            self.reply(body["owner"], reply)
+            return
+        if self.loop is not None:
+            self.submit_async(body, fn, method)
+        elif self.pool is not None:
+            self.pool.submit(self.run_call, body, fn, method)
+        else:
+            self.run_call(body, fn, method)
+
+    def run_call(self, body: dict, fn, method: str) -> None:
+        tid = body["task_id"]
+        in_main = threading.current_thread() is self.main_thread
+        if in_main:
+            self.running, self.running_owner = tid, body["owner"]
+        try:
+            reply = self.invoke(body, fn, method)
+        except exc.TaskCancelledError as e:
+            reply = self.error_reply(tid, method, e)
+        finally:
+            if in_main:
+                self.running = None
+                self.cancel_requested = None
+        self.reply(body["owner"], reply)
+        sys.stdout.flush()
+
+    def submit_async(self, body: dict, fn, method: str) -> None:
+        tid = body["task_id"]
+
+        async def call():
+            async with self.async_sem:
+                runtime.task_context.task_id = tid
+                try:
+                    args, kwargs = self.resolve_args(body)
+                    result = fn(*args, **kwargs)
+                    if inspect.isawaitable(result):
+                        result = await result
+                    if body.get("stream"):
+                        if inspect.isasyncgen(result):
+                            result = await _collect_async(result)
+                        return self.stream(body, result)
+                    return {"task_id": tid, "results": self.package(result, body["nret"], tid)}
+                except asyncio.CancelledError:
+                    return self.error_reply(tid, method, exc.TaskCancelledError())
+                except BaseException as e:  # noqa: BLE001
+                    return self.error_reply(tid, method, e)
+
+        def done(fut):
+            self.async_tasks.pop(tid, None)
+            try:
+                reply = fut.result()
+            except BaseException as e:  # noqa: BLE001 - cancelled before it started
+                reply = self.error_reply(tid, method, exc.TaskCancelledError()
+                                         if isinstance(e, asyncio.CancelledError) else e)
+            self.reply(body["owner"], reply)
+
+        def start():
+            task = self.loop.create_task(call())
+            self.async_tasks[tid] = task
+            task.add_done_callback(done)
+        self.loop.call_soon_threadsafe(start)
+
+
+async def _collect_async(agen) -> list:
+    return [v async for v in agen]
+
+
+def main(forked: bool = False) -> None:
+    if forked:
+        reset_id_prefix()
+        sys.stdout.reconfigure(line_buffering=True)
+        sys.stderr.reconfigure(line_buffering=True)
+    die_with_parent(signal.SIGKILL)
+    env = os.environ
+    core = CoreWorker(env["RAYLITE_HEAD"], node_id=env["RAYLITE_NODE_ID"],
+                      session=env["RAYLITE_SESSION"], job_id="", mode="worker",
+                      worker_id=new_id().hex(), token=env.get("RAYLITE_TOKEN"),
+                      bind_host=env.get("RAYLITE_BIND_HOST", "127.0.0.1"))
+    runtime.core = core
+    sock, addr = core.transport.bind()
+    executor = Executor(core, sock)
+    core.blocked_hook = executor.on_blocked
+    core.cancel_hook = executor.cancel
+    signal.signal(signal.SIGINT, executor.on_sigint)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    core.send_head(P.REGISTER_WORKER, {
+        "worker_id": core.worker_id, "node_id": core.node_id, "addr": addr,
+        "core_addr": core.addr, "pid": os.getpid(), "env_key": env.get("RAYLITE_ENV_KEY", "")})
+    executor.run()
+
+
+if __name__ == "__main__":
+    main()
