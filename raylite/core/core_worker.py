@@ -36,6 +36,8 @@ from raylite.core.transport import Outbox, Transport
 log = logging.getLogger(__name__)
 
 PIPELINE_DEPTH = int(os.environ.get("RAYLITE_PIPELINE_DEPTH", "4"))
+PIPELINE_MAX_TASK_S = 0.002  # pipeline only tasks that take less than this on average
+PIPELINE_MAX_AGE_S = 0.005   # ... and only behind a task sent less than this ago
 LEASE_IDLE_S = float(os.environ.get("RAYLITE_LEASE_IDLE_S", "0.1"))
 MAX_LEASE_REQUESTS = 8
 
@@ -85,7 +87,7 @@ class _Entry:
 class _Task:
     __slots__ = ("task_id", "key", "body", "deps", "pending", "retries", "retry_exc", "lease",
                  "cancelled", "nret", "fn_id", "fn_bytes", "name", "actor_id", "stream",
-                 "args_hold")
+                 "sent")
 
     def __init__(self):
         self.lease = None
@@ -166,6 +168,7 @@ class CoreWorker:
         self._leases: dict[tuple, list[_Lease]] = {}
         self._lease_reqs: dict[tuple, dict[bytes, float]] = {}
         self._lease_by_worker: dict[str, _Lease] = {}
+        self._task_time: dict[tuple, float] = {}  # scheduling key -> moving average run time
         self._actors: dict[bytes, _Actor] = {}
         self._streams: dict[bytes, _Stream] = {}
         self._requests: dict[bytes, object] = {}
@@ -615,18 +618,27 @@ class CoreWorker:
     def _dispatch(self, key) -> None:
         q = self._queues[key]
         leases = self._leases[key]
+        # Pipelining (sending a task to a worker that is still busy) only behind tasks
+        # known to be short, and only while the worker's current task is young: a long
+        # task never holds up the ones behind it for long.
+        pipeline = self._task_time.get(key, 1.0) < PIPELINE_MAX_TASK_S
+        now = time.monotonic()
         while q:
             best = None
             for lease in leases:
                 n = len(lease.inflight)
-                if not lease.blocked and n < PIPELINE_DEPTH and (
-                        best is None or n < len(best.inflight)):
+                if lease.blocked or n >= PIPELINE_DEPTH:
+                    continue
+                if n and not (pipeline and
+                              now - next(iter(lease.inflight.values())).sent < PIPELINE_MAX_AGE_S):
+                    continue
+                if best is None or n < len(best.inflight):
                     best = lease
                     if n == 0:
                         break
             if best is None:
                 break
-            self._send_task(best, q.popleft())
+            self._send_task(best, q.popleft(), now)
         reqs = self._lease_reqs[key]
         if q:
             want = min(len(q), MAX_LEASE_REQUESTS)
@@ -637,7 +649,8 @@ class CoreWorker:
                 self.send_head(P.CANCEL_LEASE, {"req_id": req_id})
             reqs.clear()
 
-    def _send_task(self, lease: _Lease, t: _Task) -> None:
+    def _send_task(self, lease: _Lease, t: _Task, now: float) -> None:
+        t.sent = now
         body = t.body
         if t.fn_id not in lease.fns:
             body = dict(body, fn=t.fn_bytes)
@@ -691,8 +704,12 @@ class CoreWorker:
             lease = t.lease
             if lease is not None:
                 lease.inflight.pop(tid, None)
+                now = time.monotonic()
+                avg = self._task_time.get(t.key)
+                took = now - t.sent
+                self._task_time[t.key] = took if avg is None else 0.8 * avg + 0.2 * took
                 if not lease.inflight:
-                    lease.idle_since = time.monotonic()
+                    lease.idle_since = now
             err = body.get("error")
             if err is not None and not t.cancelled and t.retries != 0 and \
                     self._should_retry(t, body):
@@ -1016,6 +1033,14 @@ class CoreWorker:
 
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
         self.send_head(P.KILL_ACTOR, {"actor_id": actor_id, "no_restart": no_restart})
+        if no_restart:  # calls made from here on fail at once, not after the head's news
+            with self._lock:
+                a = self._actors.get(actor_id)
+                if a is None:
+                    a = self._actors[actor_id] = _Actor(actor_id)
+                self._apply_actor_state(a, {"state": "DEAD", "error": exc.ActorDiedError(
+                    f"The actor {a.name or actor_id.hex()} was killed with raylite.kill.",
+                    actor_id.hex())})
 
     # ------------------------------------------------------------------ lifecycle
     def shutdown(self) -> None:

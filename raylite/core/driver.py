@@ -15,13 +15,16 @@ import sys
 import time
 import uuid
 
+from raylite import exceptions as exc
 from raylite.core import protocol as P
 from raylite.core import runtime, store
 from raylite.core.core_worker import CoreWorker, print_worker_lines
 from raylite.core.object_ref import new_id
 from raylite.core.osutil import free_port_pair, stop_processes
+from raylite.core.transport import _advertise
 
 SESSION_FILE_DIR = os.path.join(os.environ.get("TMPDIR", "/tmp"), "raylite")
+LOG_DIR = os.path.join(SESSION_FILE_DIR, "logs")
 
 
 class LocalCluster:
@@ -34,7 +37,7 @@ class LocalCluster:
         self.token = token
         self.detached = detached
         self.port = free_port_pair(host)
-        self.address = f"tcp://{'127.0.0.1' if host == '127.0.0.1' else host}:{self.port}"
+        self.address = f"tcp://{_advertise(host)}:{self.port}"
         self.head = None
         self.agents: dict[str, subprocess.Popen] = {}
         self._n = 0
@@ -51,6 +54,13 @@ class LocalCluster:
         env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
         return env
 
+    def _log(self, name: str):
+        """Detached processes log to files (there is no driver to print to)."""
+        if not self.detached:
+            return None
+        os.makedirs(LOG_DIR, exist_ok=True)
+        return open(os.path.join(LOG_DIR, f"{name}.log"), "ab")
+
     def start_head(self, port: int | None = None) -> None:
         if port:
             self.port = port
@@ -58,7 +68,7 @@ class LocalCluster:
         self.head = subprocess.Popen(
             [sys.executable, "-m", "raylite.core.head", "--port", str(self.port), "--session",
              self.session, "--host", self.host], env=self._env(), stdout=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL, start_new_session=self.detached)
+            stderr=self._log("head"), stdin=subprocess.DEVNULL, start_new_session=self.detached)
 
     def add_node(self, num_cpus=None, num_gpus=None, resources=None, labels=None,
                  node_id: str | None = None, warm: int | None = None) -> str:
@@ -71,7 +81,8 @@ class LocalCluster:
             [sys.executable, "-m", "raylite.core.agent", "--head", self.address, "--session",
              self.session, "--node-id", node_id, "--resources", json.dumps(res), "--labels",
              json.dumps(labels or {}), "--host", self.host, "--warm", str(warm)],
-            env=self._env(), stdin=subprocess.DEVNULL, start_new_session=self.detached)
+            env=self._env(), stdin=subprocess.DEVNULL, start_new_session=self.detached,
+            stdout=self._log(node_id), stderr=subprocess.STDOUT if self.detached else None)
         return node_id
 
     def kill_node(self, node_id: str) -> None:
@@ -117,8 +128,15 @@ def connect(address: str, *, session: str | None = None, token: str | None = Non
                       bind_host=bind_host, namespace=namespace or f"anon-{job_id}")
     try:
         info = core.request_head(P.REGISTER_DRIVER, {
-            "job_id": job_id, "core_addr": core.addr, "expect_nodes": expect_nodes}, timeout=30)
-    except Exception:
+            "job_id": job_id, "core_addr": core.addr, "expect_nodes": expect_nodes},
+            timeout=30 if expect_nodes else 10)
+    except exc.RayliteSystemError:
+        core.shutdown()
+        raise ConnectionError(
+            f"Could not connect to the raylite head at {address}: no answer. Check that the "
+            "cluster is running (`raylite status`) and, for a cluster that listens on a "
+            "network interface, that you pass its token (_token=... or RAYLITE_TOKEN).") from None
+    except BaseException:
         core.shutdown()
         raise
     core.session = info["session"]
@@ -195,3 +213,27 @@ def register_atexit(fn) -> None:
     if not atexit_registered:
         atexit.register(fn)
         atexit_registered = True
+
+
+def query_head(address: str, msg_type: bytes, body: dict | None = None,
+               token: str | None = None, timeout: float = 5.0):
+    """One request to a head without joining as a driver (CLI, test clusters)."""
+    from raylite.core.transport import Transport
+
+    transport = Transport(token)
+    inbox, addr = transport.bind()
+    out = transport.connect(address)
+    try:
+        req_id = new_id()
+        out.send_multipart(P.encode(msg_type, dict(body or {}, req_id=req_id, reply_to=addr)))
+        if not inbox.poll(int(timeout * 1000)):
+            raise ConnectionError(f"no answer from the raylite head at {address} within "
+                                  f"{timeout}s (is it running? is the token right?)")
+        _, reply, _ = P.decode(inbox.recv_multipart())
+        if reply.get("error") is not None:
+            raise reply["error"]
+        return reply["value"]
+    finally:
+        out.close(linger=0)
+        inbox.close(linger=0)
+        transport.close(linger_ms=0)

@@ -139,6 +139,12 @@ class Head:
         self.node_waiters: list[tuple[int, dict]] = []
         self.spread_counter = 0
         self.running = True
+        self.monitor = None
+        self.last_refused_log = 0.0
+        if token:  # log every connection refused for a missing or wrong token
+            self.monitor = self.inbox.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         self.handlers = {
             P.REGISTER_NODE: self.on_register_node, P.HEARTBEAT: self.on_heartbeat,
             P.REGISTER_WORKER: self.on_register_worker, P.WORKER_EXITED: self.on_worker_exited,
@@ -166,9 +172,14 @@ class Head:
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.inbox, zmq.POLLIN)
+        if self.monitor is not None:
+            poller.register(self.monitor, zmq.POLLIN)
         last_check = time.monotonic()
         while self.running:
-            if poller.poll(100):
+            ready = dict(poller.poll(100))
+            if self.monitor is not None and self.monitor in ready:
+                self.log_refused()
+            if self.inbox in ready:
                 for _ in range(1000):
                     try:
                         frames = self.inbox.recv_multipart(zmq.NOBLOCK)
@@ -186,7 +197,23 @@ class Head:
                 self.check_liveness(now)
         self.close()
 
+    def log_refused(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)
+            now = time.monotonic()
+            if now - self.last_refused_log < 10.0:  # a refused peer retries; log it once
+                continue
+            self.last_refused_log = now
+            log.warning("refused a connection on %s: handshake failed (missing or wrong "
+                        "cluster token); nothing it sent was read",
+                        event.get("endpoint", b"").decode(errors="replace"))
+
     def close(self) -> None:
+        if self.monitor is not None:
+            self.inbox.disable_monitor()
+            self.monitor.close(linger=0)
         self.outbox.close(linger_ms=300)
         self.inbox.close(linger=0)
         self.pub.close(linger=0)

@@ -49,8 +49,7 @@ class Transport:
             sock.bind(f"tcp://{host}:{port}")
         else:
             port = sock.bind_to_random_port(f"tcp://{host}")
-        advertised = "127.0.0.1" if host in ("127.0.0.1", "localhost") else _advertise(host)
-        return sock, f"tcp://{advertised}:{port}"
+        return sock, f"tcp://{_advertise(host)}:{port}"
 
     def connect(self, addr: str, sock_type: int = zmq.DEALER) -> zmq.Socket:
         """Connect a socket to a peer's inbox, presenting the token when there is one."""
@@ -75,6 +74,9 @@ def _tune(sock: zmq.Socket) -> None:
 
 
 def _advertise(host: str) -> str:
+    """The address peers should use for a socket bound on ``host``."""
+    if host == "localhost":
+        return "127.0.0.1"
     if host in ("0.0.0.0", "*", ""):
         import socket
 
@@ -101,7 +103,12 @@ class Outbox:
             sock = self._socks.get(addr)
             if sock is None:
                 sock = self._socks[addr] = self._transport.connect(addr)
-            sock.send_multipart(frames, copy=False)
+            try:
+                # never block: a peer whose connection was refused (wrong token) or torn
+                # down has no pipe, and a blocking send would hang the caller forever
+                sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                log.debug("dropped a message to unreachable peer %s", addr)
 
     def forget(self, addr: str) -> None:
         """Drop the connection to a peer that died (its queued messages are discarded)."""

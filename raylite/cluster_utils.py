@@ -1,0 +1,93 @@
+"""A cluster of virtual nodes for tests and notebooks (Ray: ``ray.cluster_utils.Cluster``).
+
+Each node is a real agent process with its own resources, labels and store; removing a
+node kills its agent (and so its workers), as losing a machine would.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from raylite.core import protocol as P
+from raylite.core.driver import LocalCluster, query_head
+from raylite.testing import wait_for_condition
+
+
+class NodeHandle:
+    def __init__(self, node_id: str, resources: dict, labels: dict):
+        self.node_id = node_id
+        self.unique_id = node_id
+        self.resources = resources
+        self.labels = labels
+
+    def __repr__(self) -> str:
+        return f"NodeHandle({self.node_id})"
+
+
+class Cluster:
+    """Start a head (and optionally a first node); add and remove nodes at will.
+
+    ``init(address=cluster.address)`` connects a driver. Unlike Ray, the head node is not
+    a node by itself: ``initialize_head=True`` adds a first node with ``head_node_args``.
+    """
+
+    def __init__(self, initialize_head: bool = False, connect: bool = False,
+                 head_node_args: dict | None = None):
+        self._local = LocalCluster(uuid.uuid4().hex[:10])
+        self._local.start_head()
+        self._nodes: list[NodeHandle] = []
+        self._connected = False
+        self.head_node = None
+        if initialize_head:
+            self.head_node = self.add_node(**(head_node_args or {}))
+        if connect:
+            self.connect()
+
+    @property
+    def address(self) -> str:
+        return self._local.address.replace("tcp://", "")
+
+    def connect(self, **init_kwargs):
+        import raylite
+
+        ctx = raylite.init(address=self.address, **init_kwargs)
+        self._connected = True
+        return ctx
+
+    def add_node(self, num_cpus: float = 1, num_gpus: float = 0, resources: dict | None = None,
+                 labels: dict | None = None, wait: bool = True, **_ignored) -> NodeHandle:
+        node_id = self._local.add_node(num_cpus, num_gpus, resources, labels,
+                                       warm=int(min(max(num_cpus, 1), 2)))
+        handle = NodeHandle(node_id, {"CPU": num_cpus, "GPU": num_gpus, **(resources or {})},
+                            labels or {})
+        self._nodes.append(handle)
+        if wait:
+            self.wait_for_nodes()
+        return handle
+
+    def remove_node(self, node: NodeHandle, allow_graceful: bool = False) -> None:
+        """Kill the node's agent (SIGKILL) and so its workers; the head notices by missed
+        heartbeats and retries its tasks elsewhere."""
+        self._local.kill_node(node.node_id)
+        self._nodes.remove(node)
+
+    def list_all_nodes(self) -> list[NodeHandle]:
+        return list(self._nodes)
+
+    def _alive_ids(self) -> set[str]:
+        info = query_head(self._local.address, P.CLUSTER_INFO)
+        return {n["node_id"] for n in info["nodes"] if n["alive"]}
+
+    def wait_for_nodes(self, timeout: float = 30.0) -> None:
+        """Wait until the head sees exactly the nodes added and not removed as alive."""
+        want = {n.node_id for n in self._nodes}
+        wait_for_condition(lambda: self._alive_ids() == want, timeout,
+                           message=f"nodes {sorted(want)} registered")
+
+    def shutdown(self) -> None:
+        import raylite
+
+        if self._connected:
+            raylite.shutdown()
+            self._connected = False
+        self._local.stop()

@@ -1,0 +1,71 @@
+"""Helpers for tests of raylite and of code built on it (shipped in the package, like
+dask's ``utils_test``): await conditions instead of sleeping, find leftovers."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+
+from raylite.core import store
+
+
+def wait_for_condition(predicate, timeout: float = 10.0, interval: float = 0.02,
+                       message: str = "") -> None:
+    """Poll ``predicate`` until it returns true; raise TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception as e:  # the condition may not be checkable yet
+            last_exc = e
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met within {timeout}s: {message or predicate}"
+                       + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+ROOT_ENV = "RAYLITE_ROOT_PID"
+
+
+def mark_root() -> None:
+    """Tag this process as the root of what a test run starts: every raylite process
+    started below it inherits the tag, so leak checks ignore other people's clusters."""
+    os.environ.setdefault(ROOT_ENV, str(os.getpid()))
+
+
+def raylite_processes() -> list[psutil.Process]:
+    """raylite runtime processes (head, agents, workers) started under this root."""
+    root = os.environ.get(ROOT_ENV)
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info.get("cmdline") or [])
+        if "raylite.core." not in cmd or p.pid == os.getpid():
+            continue
+        try:
+            if root is not None and p.environ().get(ROOT_ENV) != root:
+                continue
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            continue
+        found.append(p)
+    return found
+
+
+def shm_leftovers() -> list[str]:
+    root = store.SHM_ROOT
+    if root is None:
+        return []
+    return [n for n in os.listdir(root) if n.startswith("raylite_")]
+
+
+def assert_no_leaks(timeout: float = 5.0) -> None:
+    """Wait for raylite processes and /dev/shm segments to go; fail naming what stays."""
+    try:
+        wait_for_condition(lambda: not raylite_processes() and not shm_leftovers(), timeout)
+    except TimeoutError:
+        procs = [(p.pid, " ".join(p.cmdline())) for p in raylite_processes()]
+        for p in raylite_processes():
+            p.kill()
+        raise AssertionError(f"leaked processes {procs} / shm {shm_leftovers()}") from None

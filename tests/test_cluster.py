@@ -1,0 +1,214 @@
+"""Multi-node clusters: the CLI, cluster_utils, node failure, token authentication."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import zmq
+
+import raylite
+from raylite.cluster_utils import Cluster
+from raylite.testing import assert_no_leaks, wait_for_condition
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _cli(tmp_path, *args) -> str:
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-m", "raylite.cli", *args], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.fixture
+def cli(tmp_path):
+    def run(*args):
+        return _cli(tmp_path, *args)
+    yield run
+    _cli(tmp_path, "stop")
+
+
+def _free_port() -> int:
+    from raylite.core.osutil import free_port_pair
+
+    return free_port_pair()
+
+
+def test_cli_head_and_second_node_run_tasks_on_both(cli):
+    port = _free_port()
+    out = cli("start", "--head", "--port", str(port), "--num-cpus", "1", "--labels", "zone=a")
+    assert f"127.0.0.1:{port}" in out
+    cli("start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--labels", "zone=b")
+    wait_for_condition(lambda: cli("status").count("alive") == 2)
+    raylite.init(address=f"127.0.0.1:{port}")
+    try:
+        @raylite.remote
+        def where():
+            return raylite.get_runtime_context().get_node_id()
+
+        by_zone = {z: raylite.get(where.options(label_selector={"zone": z}).remote())
+                   for z in ("a", "b")}
+        assert by_zone["a"] != by_zone["b"]
+        assert {n["NodeID"] for n in raylite.nodes()} == set(by_zone.values())
+        spread = raylite.get([where.options(scheduling_strategy="SPREAD").remote()
+                              for _ in range(8)])
+        assert set(spread) == set(by_zone.values())
+    finally:
+        raylite.shutdown()
+
+
+def test_cluster_utils_add_remove_nodes():
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        node = cluster.add_node(num_cpus=1, resources={"special": 1})
+        cluster.connect()
+        assert len([n for n in raylite.nodes() if n["Alive"]]) == 2
+
+        @raylite.remote(resources={"special": 1})
+        def on_special():
+            return raylite.get_runtime_context().get_node_id()
+
+        assert raylite.get(on_special.remote()) == node.node_id
+        cluster.remove_node(node)
+        cluster.wait_for_nodes()
+        wait_for_condition(lambda: len([n for n in raylite.nodes() if n["Alive"]]) == 1)
+    finally:
+        cluster.shutdown()
+
+
+def test_node_agent_killed_tasks_retried_elsewhere(tmp_path):
+    from raylite.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        doomed = cluster.add_node(num_cpus=1)
+        cluster.connect()
+        marker = tmp_path / "started"
+
+        @raylite.remote(max_retries=2)
+        def work(path):
+            node = raylite.get_runtime_context().get_node_id()
+            with open(path, "a") as f:
+                f.write(node + "\n")
+            if node == doomed_id:
+                time.sleep(60)
+            return node
+
+        doomed_id = doomed.node_id
+        ref = work.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            doomed.node_id, soft=True)).remote(str(marker))
+        wait_for_condition(lambda: marker.exists() and doomed_id in marker.read_text())
+        cluster.remove_node(doomed)
+        survivor = raylite.get(ref, timeout=30)
+        assert survivor != doomed_id
+        assert not raylite.nodes()[[n["NodeID"] for n in raylite.nodes()].index(doomed_id)][
+            "Alive"]
+    finally:
+        cluster.shutdown()
+
+
+def test_token_required_off_loopback(cli, tmp_path):
+    port = _free_port()
+    out = cli("start", "--head", "--port", str(port), "--num-cpus", "1",
+              "--node-ip-address", "0.0.0.0")
+    token = re.search(r"--token ([0-9a-f]+)", out).group(1)
+    pwned = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {pwned}",))
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    sock.send_multipart([b"cluster_info", pickle.dumps(Evil())])
+    log_path = tmp_path / "raylite" / "logs" / "head.log"
+    wait_for_condition(lambda: log_path.exists() and "refused" in log_path.read_text())
+    sock.close(linger=0)
+    ctx.term()
+    assert not pwned.exists()
+    with pytest.raises(ConnectionError, match="token"):
+        raylite.init(address=f"127.0.0.1:{port}", _token="not-the-token")
+    raylite.init(address=f"127.0.0.1:{port}", _token=token)
+    try:
+        assert raylite.get(raylite.put("ok")) == "ok"
+
+        @raylite.remote
+        def f():
+            return 7
+
+        assert raylite.get(f.remote()) == 7
+    finally:
+        raylite.shutdown()
+
+
+DRIVER = """
+import os, sys, numpy as np, raylite
+raylite.init(nodes=[{"num_cpus": 1}, {"num_cpus": 1}])
+ref = raylite.put(np.ones(10**6))
+@raylite.remote
+class A:
+    def pid(self): return os.getpid()
+a = A.remote()
+raylite.get(a.pid.remote())
+print("READY", flush=True)
+import time; time.sleep(60)
+"""
+
+
+def test_driver_killed_everything_exits_and_shm_freed():
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "READY"
+        from raylite.testing import raylite_processes, shm_leftovers
+
+        assert raylite_processes() and shm_leftovers()
+        proc.kill()
+        proc.wait()
+        t0 = time.monotonic()
+        assert_no_leaks(timeout=10)
+        assert time.monotonic() - t0 < 10
+    finally:
+        proc.kill()
+
+
+INTERRUPT = """
+import time, raylite
+raylite.init(num_cpus=2)
+@raylite.remote
+def slow(): time.sleep(30)
+@raylite.remote
+def quick(): return 5
+print("GO", flush=True)
+t = time.monotonic()
+try:
+    raylite.get(slow.remote())
+except KeyboardInterrupt:
+    print("INTERRUPTED", round(time.monotonic() - t, 2), flush=True)
+print("AFTER", raylite.get(quick.remote(), timeout=20), flush=True)
+raylite.shutdown()
+"""
+
+
+def test_ctrl_c_interrupts_get_and_cluster_stays_usable():
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPT], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "GO"
+        time.sleep(0.5)  # let get() block: the interrupt must hit a waiting get
+        proc.send_signal(signal.SIGINT)
+        line = proc.stdout.readline().split()
+        assert line[0] == "INTERRUPTED" and float(line[1]) < 5
+        assert proc.stdout.readline().strip() == "AFTER 5"
+        assert proc.wait(20) == 0
+    finally:
+        proc.kill()
