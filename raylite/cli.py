@@ -102,7 +102,8 @@ def cmd_status(args) -> int:
     print(f"raylite cluster at {address.replace('tcp://', '')} (session {info['session']})")
     for n in info["nodes"]:
         state = "alive" if n["alive"] else "dead"
-        res = ", ".join(f"{k} {n['available'].get(k, 0):g}/{v:g}" for k, v in n["resources"].items())
+        res = ", ".join(f"{k} {n['available'].get(k, 0):g}/{v:g}"
+                        for k, v in n["resources"].items())
         labels = ", ".join(f"{k}={v}" for k, v in n["labels"].items()
                            if not k.startswith("raylite.io/"))
         print(f"  {n['node_id']:<24} {state:<6} {res}  {labels}")

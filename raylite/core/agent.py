@@ -20,7 +20,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 
@@ -45,7 +44,8 @@ class Agent:
         self.warm = args.warm
         self.store_dir = store.node_dir(self.session, self.node_id)
         os.makedirs(self.store_dir, exist_ok=True)
-        self.children: dict[int, dict] = {}  # pid -> {"fd", "buf", "worker_id", "env_key"}
+        self.children: dict[int, dict] = {}  # pid -> {"fd", "buf", "env_key"}
+        self.poller = None
         self.running = True
 
     # ------------------------------------------------------------------ workers
@@ -75,15 +75,25 @@ class Agent:
             worker.main(forked=True)
             os._exit(0)
         os.close(w)
-        self.children[pid] = {"fd": r, "buf": b"", "env_key": ""}
+        self.add_child(pid, r, "")
 
     def spawn_worker(self, env_vars: dict, env_key: str) -> None:
+        # posix_spawn, not subprocess.Popen: Popen reaps children behind our back
+        # (subprocess._cleanup), and this agent must see every worker's exit itself
         r, w = os.pipe()
-        proc = subprocess.Popen([sys.executable, "-m", "raylite.core.worker"],
-                                env=self.worker_env(env_vars, env_key), stdout=w, stderr=w,
-                                stdin=subprocess.DEVNULL, close_fds=True)
+        env = self.worker_env(env_vars, env_key)
+        pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "raylite.core.worker"], env,
+                             file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                                           (os.POSIX_SPAWN_DUP2, w, 1),
+                                           (os.POSIX_SPAWN_DUP2, w, 2)])
         os.close(w)
-        self.children[proc.pid] = {"fd": r, "buf": b"", "env_key": env_key}
+        self.add_child(pid, r, env_key)
+
+    def add_child(self, pid: int, fd: int, env_key: str) -> None:
+        os.set_blocking(fd, False)
+        self.children[pid] = {"fd": fd, "buf": b"", "env_key": env_key}
+        if self.poller is not None:
+            self.poller.register(fd, 1)  # zmq.POLLIN
 
     def reap(self) -> None:
         while True:
@@ -97,11 +107,12 @@ class Agent:
             if child is None:
                 continue
             self.read_output(pid, child, final=True)
+            # unregister before closing: a new pipe may reuse the fd number at once
+            self.poller.unregister(child["fd"])
             os.close(child["fd"])
             code = os.waitstatus_to_exitcode(status)
             reason = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
-            self.send_head(P.WORKER_EXITED, {"pid": pid, "worker_id": child.get("worker_id"),
-                                             "worker_pid": pid, "node_id": self.node_id,
+            self.send_head(P.WORKER_EXITED, {"pid": pid, "node_id": self.node_id,
                                              "reason": reason, "env_key": child["env_key"]})
 
     def read_output(self, pid: int, child: dict, final: bool = False) -> None:
@@ -112,11 +123,23 @@ class Agent:
         buf = child["buf"] + data
         lines = buf.split(b"\n")
         child["buf"] = b"" if final else lines.pop()
+        if data and child["buf"]:
+            child["partial_since"] = child.get("partial_since") or time.monotonic()
         lines = [ln for ln in lines if ln]
         if lines:
             prefix = f"(pid={pid}, node={self.node_id}) "
             self.send_head(P.LOG, {"lines": [prefix + ln.decode(errors="replace")
                                              for ln in lines]})
+
+    def flush_partial_lines(self) -> None:
+        """Forward output that has waited 0.1 s for its newline (progress bars, prompts)."""
+        now = time.monotonic()
+        for pid, child in self.children.items():
+            since = child.get("partial_since")
+            if child["buf"] and since and now - since > 0.1:
+                child["buf"] += b"\n"
+                child["partial_since"] = None
+                self.read_output(pid, child)
 
     # ------------------------------------------------------------------ messaging
     def send_head(self, msg_type: bytes, body: dict) -> None:
@@ -158,16 +181,12 @@ class Agent:
             "warm": self.warm})
         handlers = {P.SPAWN_WORKER: self.on_spawn, P.KILL_WORKER: self.on_kill_worker,
                     P.FETCH: self.on_fetch, P.SHUTDOWN: self.on_shutdown}
-        poller = zmq.Poller()
+        poller = self.poller = zmq.Poller()
         poller.register(self.inbox, zmq.POLLIN)
-        registered: set[int] = set()
+        for child in self.children.values():  # the pool forked before the poller existed
+            poller.register(child["fd"], zmq.POLLIN)
         last_beat = 0.0
         while self.running:
-            for pid, child in self.children.items():
-                if child["fd"] not in registered:
-                    os.set_blocking(child["fd"], False)
-                    poller.register(child["fd"], zmq.POLLIN)
-                    registered.add(child["fd"])
             ready = dict(poller.poll(50))
             if self.inbox in ready:
                 while True:
@@ -181,14 +200,8 @@ class Agent:
             for fd in ready:
                 if isinstance(fd, int) and fd in by_fd:
                     self.read_output(*by_fd[fd])
+            self.flush_partial_lines()
             self.reap()
-            for fd in list(registered):
-                if fd not in by_fd:
-                    try:
-                        poller.unregister(fd)
-                    except KeyError:
-                        pass
-                    registered.discard(fd)
             now = time.monotonic()
             if now - last_beat > HEARTBEAT_S:
                 last_beat = now

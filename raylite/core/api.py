@@ -57,12 +57,15 @@ class RayliteContext:
         rows = "".join(
             f"<tr><td>{html.escape(n['NodeID'])}</td><td>{'alive' if n['Alive'] else 'dead'}"
             f"</td><td>{html.escape(_fmt_res(n['Resources']))}</td>"
-            f"<td>{html.escape(', '.join(f'{k}={v}' for k, v in n['Labels'].items() if not k.startswith('raylite.io/')))}</td></tr>"
-            for n in ns)
+            f"<td>{html.escape(_fmt_labels(n['Labels']))}</td></tr>" for n in ns)
         return (f"<div><b>raylite {html.escape(_version())}</b> &middot; "
                 f"<code>{html.escape(self.address)}</code> &middot; session "
                 f"<code>{html.escape(self.session)}</code><table><tr><th>node</th><th>state</th>"
                 f"<th>resources</th><th>labels</th></tr>{rows}</table></div>")
+
+
+def _fmt_labels(labels: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in labels.items() if not k.startswith("raylite.io/"))
 
 
 def _fmt_res(res: dict) -> str:

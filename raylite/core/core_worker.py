@@ -38,8 +38,12 @@ log = logging.getLogger(__name__)
 PIPELINE_DEPTH = int(os.environ.get("RAYLITE_PIPELINE_DEPTH", "4"))
 PIPELINE_MAX_TASK_S = 0.002  # pipeline only tasks that take less than this on average
 PIPELINE_MAX_AGE_S = 0.005   # ... and only behind a task sent less than this ago
+STEAL_AFTER_S = 0.01         # take back tasks queued behind one running longer than this
 LEASE_IDLE_S = float(os.environ.get("RAYLITE_LEASE_IDLE_S", "0.1"))
 MAX_LEASE_REQUESTS = 8
+
+
+_NO_ARGS = ("i", ser.pickle.dumps(((), {}), 5), [])
 
 
 class _Dep:
@@ -98,7 +102,7 @@ class _Task:
 
 class _Lease:
     __slots__ = ("worker_id", "addr", "core_addr", "node_id", "key", "inflight", "idle_since",
-                 "blocked", "gpu_ids", "fns")
+                 "blocked", "gpu_ids", "fns", "stealing")
 
     def __init__(self, body: dict, key):
         self.worker_id = body["worker_id"]
@@ -110,6 +114,7 @@ class _Lease:
         self.inflight: dict[bytes, _Task] = {}
         self.idle_since = time.monotonic()
         self.blocked = False
+        self.stealing = False
         self.fns: set = set()
 
 
@@ -176,6 +181,7 @@ class CoreWorker:
         self._node_addrs: dict[str, str] = {}
         self.blocked_hook = None  # set by a worker: called around a blocking get
         self.cancel_hook = None   # set by a worker: cancels a running task
+        self.steal_hook = None    # set by a worker: gives back tasks it has not started
         self.log_hook = None      # set by a driver: prints worker output
         self._stop = False
         self._last_tick = 0.0
@@ -183,8 +189,8 @@ class CoreWorker:
         self._handlers = {
             P.TASK_DONE: self._on_task_done, P.STREAM_ITEM: self._on_stream_item,
             P.LEASE_GRANTED: self._on_lease_granted, P.WORKER_DIED: self._on_worker_died,
-            P.TASKS_RETURNED: self._on_tasks_returned,
-            P.WORKER_UNBLOCKED: self._on_worker_unblocked,
+            P.WORKER_BLOCKED_NOTICE: self._on_worker_blocked, P.STOLEN: self._on_stolen,
+            P.STEAL: self._on_steal,
             P.REPLY: self._on_reply, P.GET_OBJECT: self._on_get_object,
             P.OBJECT: self._on_object, P.CANCEL: self._on_cancel,
         }
@@ -271,8 +277,12 @@ class CoreWorker:
         with self._lock:
             for leases in list(self._leases.values()):
                 for lease in list(leases):
-                    if not lease.inflight and now - lease.idle_since > LEASE_IDLE_S:
-                        self._return_lease(lease)
+                    if not lease.inflight:
+                        if now - lease.idle_since > LEASE_IDLE_S:
+                            self._return_lease(lease)
+                    elif len(lease.inflight) > 1 and \
+                            now - next(iter(lease.inflight.values())).sent > STEAL_AFTER_S:
+                        self._steal(lease)
         if self.mode == "driver" and now - self._last_heartbeat > 1.0:
             self._last_heartbeat = now
             self.send_head(P.HEARTBEAT, {"job_id": self.job_id, "core_addr": self.addr})
@@ -354,6 +364,15 @@ class CoreWorker:
             del self._objects[oid]
             self._free_desc(entry)
 
+    def _entry_for(self, ref: ObjectRef) -> _Entry:
+        """The entry of a ref, made if missing (a ref deserialised before this core
+        existed, e.g. across a shutdown/init); lock held."""
+        entry = self._objects.get(ref.id)
+        if entry is None:
+            entry = self._objects[ref.id] = _Entry(None if ref.owner == self.addr else ref.owner)
+            entry.refs += 1
+        return entry
+
     def _on_get_object(self, body, _bufs) -> None:
         oid = body["oid"]
         with self._lock:
@@ -389,10 +408,7 @@ class CoreWorker:
         with self._lock:
             pending = 0
             for r in refs:
-                entry = self._objects.get(r.id)
-                if entry is None:
-                    entry = self._objects[r.id] = _Entry(None if r.owner == self.addr else r.owner)
-                    entry.refs += 1  # the ref exists; it was created before this core
+                entry = self._entry_for(r)
                 if entry.desc is None:
                     pending += 1
                     if entry.owner is not None:
@@ -458,10 +474,7 @@ class CoreWorker:
         with self._lock:
             ready = []
             for r in refs:
-                entry = self._objects.get(r.id)
-                if entry is None:
-                    entry = self._objects[r.id] = _Entry(None if r.owner == self.addr else r.owner)
-                    entry.refs += 1
+                entry = self._entry_for(r)
                 if entry.desc is not None:
                     ready.append(r)
                 elif entry.owner is not None:
@@ -505,10 +518,7 @@ class CoreWorker:
                 fut.set_exception(e)
 
         with self._lock:
-            entry = self._objects.get(ref.id)
-            if entry is None:
-                entry = self._objects[ref.id] = _Entry(None if ref.owner == self.addr else ref.owner)
-                entry.refs += 1
+            entry = self._entry_for(ref)
             if entry.desc is None:
                 entry.callbacks.append(lambda: threading.Thread(target=done, daemon=True).start())
                 if entry.owner is not None:
@@ -520,6 +530,8 @@ class CoreWorker:
     # ------------------------------------------------------------------ tasks
     def encode_args(self, args: tuple, kwargs: dict):
         """Serialise arguments; top-level ObjectRefs become placeholders resolved later."""
+        if not args and not kwargs:
+            return _NO_ARGS, ()
         deps = []
         if any(isinstance(a, ObjectRef) for a in args) or \
                 any(isinstance(v, ObjectRef) for v in kwargs.values()):
@@ -530,13 +542,17 @@ class CoreWorker:
                 return v
             args = tuple(sub(a) for a in args)
             kwargs = {k: sub(v) for k, v in kwargs.items()}
-        s = ser.serialize((args, kwargs))
-        desc = self._make_desc(s, new_id()) if s.size > ser.INLINE_LIMIT else \
-            ("i", s.meta, [bytes(b) for b in s.buffers])
+        if type(args) is tuple and ser._plain(args) and ser._plain(kwargs):
+            return ("i", ser.pickle.dumps((args, kwargs), 5), []), deps
+        return self._encode_value((args, kwargs)), deps
+
+    def _encode_value(self, value) -> tuple:
+        """A descriptor for a value sent with a message (inline, or via the store)."""
+        s = ser.serialize(value)
         if s.refs:
             with self._lock:
                 self._mark_escaped(s.refs)
-        return desc, deps
+        return self._make_desc(s, new_id())
 
     def submit_task(self, fn_id: bytes, fn_bytes: bytes, name: str, args, kwargs, *,
                     key: tuple, demand: dict, nret, max_retries: int, retry_exceptions,
@@ -553,7 +569,7 @@ class CoreWorker:
         t.nret = 1 if t.stream else nret
         t.body = {"task_id": tid, "fn_id": fn_id, "name": name, "args": args_desc,
                   "nret": t.nret, "stream": t.stream, "owner": self.addr,
-                  "job_id": self.job_id}
+                  "job_id": self.job_id, "resources": demand}
         out = self._register_returns(t)
         with self._lock:
             if key not in self._queues:
@@ -582,10 +598,7 @@ class CoreWorker:
         """Run ``then`` once every dependency of ``t`` has a value (lock held)."""
         pending = []
         for r in t.deps:
-            entry = self._objects.get(r.id)
-            if entry is None:
-                entry = self._objects[r.id] = _Entry(None if r.owner == self.addr else r.owner)
-                entry.refs += 1
+            entry = self._entry_for(r)
             if entry.desc is None:
                 pending.append(entry)
                 if entry.owner is not None:
@@ -627,7 +640,7 @@ class CoreWorker:
             best = None
             for lease in leases:
                 n = len(lease.inflight)
-                if lease.blocked or n >= PIPELINE_DEPTH:
+                if lease.blocked or lease.stealing or n >= PIPELINE_DEPTH:
                     continue
                 if n and not (pipeline and
                               now - next(iter(lease.inflight.values())).sent < PIPELINE_MAX_AGE_S):
@@ -639,9 +652,11 @@ class CoreWorker:
             if best is None:
                 break
             self._send_task(best, q.popleft(), now)
+        # ask for more workers while tasks wait, in the queue or pipelined behind others
+        backlog = len(q) + sum(len(lease.inflight) - 1 for lease in leases if lease.inflight)
         reqs = self._lease_reqs[key]
-        if q:
-            want = min(len(q), MAX_LEASE_REQUESTS)
+        if backlog:
+            want = min(backlog, MAX_LEASE_REQUESTS)
             while len(reqs) < want:
                 self._request_lease(key)
         elif reqs:
@@ -653,7 +668,7 @@ class CoreWorker:
         t.sent = now
         body = t.body
         if t.fn_id not in lease.fns:
-            body = dict(body, fn=t.fn_bytes)
+            body = dict(body, fn=t.fn_bytes, sys_path=[p for p in sys.path if p])
             lease.fns.add(t.fn_id)
         if t.deps:
             body = dict(body, deps=self._dep_descs(t))
@@ -675,16 +690,18 @@ class CoreWorker:
 
     def _on_lease_granted(self, body, _bufs) -> None:
         with self._lock:
-            for key, reqs in self._lease_reqs.items():
-                if reqs.pop(body["req_id"], None) is not None:
-                    break
-            else:
-                # cancelled meanwhile: hand the worker straight back
+            key = next((k for k, reqs in self._lease_reqs.items()
+                        if reqs.pop(body["req_id"], None) is not None), None)
+            if key is None:  # cancelled meanwhile: hand the worker straight back
                 self.send_head(P.RETURN_LEASE, {"worker_id": body["worker_id"]})
                 return
             lease = _Lease(body, key)
             self._leases[key].append(lease)
             self._lease_by_worker[lease.worker_id] = lease
+            if not self._queues[key]:  # work waits behind busy workers: move it here
+                busiest = max(self._leases[key], key=lambda le: len(le.inflight))
+                if len(busiest.inflight) > 1:
+                    self._steal(busiest)
             self._dispatch(key)
 
     def _return_lease(self, lease: _Lease) -> None:
@@ -765,6 +782,8 @@ class CoreWorker:
             if lease is None:
                 return
             self._leases[lease.key].remove(lease)
+            self.outbox.forget(lease.addr)
+            self.outbox.forget(lease.core_addr)
             for t in list(lease.inflight.values()):
                 t.lease = None
                 if t.cancelled:
@@ -780,13 +799,22 @@ class CoreWorker:
                         "and the task has no retries left (max_retries)."))
             self._dispatch(lease.key)
 
-    def _on_tasks_returned(self, body, _bufs) -> None:
-        """A leased worker blocked in ``get``: requeue the tasks it had not started."""
+    def _steal(self, lease: _Lease) -> None:
+        """Ask a busy worker to give back the tasks queued behind its running one
+        (lock held); it answers STOLEN with those it had not started."""
+        if lease.stealing:
+            return
+        lease.stealing = True
+        tail = list(lease.inflight)[1:]
+        self.outbox.send(lease.core_addr, P.encode(P.STEAL, {"task_ids": tail,
+                                                              "reply_to": self.addr}))
+
+    def _on_stolen(self, body, _bufs) -> None:
         with self._lock:
             lease = self._lease_by_worker.get(body["worker_id"])
             if lease is None:
                 return
-            lease.blocked = True
+            lease.stealing = False
             for tid in reversed(body["task_ids"]):
                 t = lease.inflight.pop(tid, None)
                 if t is not None:
@@ -794,12 +822,22 @@ class CoreWorker:
                     self._enqueue(t, front=True)
             self._dispatch(lease.key)
 
-    def _on_worker_unblocked(self, body, _bufs) -> None:
+    def _on_steal(self, body, _bufs) -> None:
+        got = self.steal_hook(body["task_ids"]) if self.steal_hook is not None else []
+        self.outbox.send(body["reply_to"], P.encode(P.STOLEN, {
+            "worker_id": self.worker_id, "task_ids": got}))
+
+    def _on_worker_blocked(self, body, _bufs) -> None:
+        """A leased worker blocked in ``get`` (it lent its CPU out): take back the tasks
+        queued behind it so they run elsewhere."""
         with self._lock:
             lease = self._lease_by_worker.get(body["worker_id"])
-            if lease is not None:
-                lease.blocked = False
-                self._dispatch(lease.key)
+            if lease is None:
+                return
+            lease.blocked = body["blocked"]
+            if lease.blocked and len(lease.inflight) > 1:
+                self._steal(lease)
+            self._dispatch(lease.key)
 
     # ------------------------------------------------------------------ streams
     def _on_stream_item(self, body, _bufs) -> None:
@@ -862,16 +900,17 @@ class CoreWorker:
                 self._fail(t, exc.TaskCancelledError(tid.hex()))
                 return
             core_addr = t.lease.core_addr
-        self.outbox.send(core_addr, P.encode(P.CANCEL, {"task_id": tid, "force": force}))
+        self.outbox.send(core_addr, P.encode(P.CANCEL, {"task_id": tid, "force": force,
+                                                         "reply_to": self.addr}))
 
     def _on_cancel(self, body, _bufs) -> None:
         if self.cancel_hook is not None:
-            self.cancel_hook(body["task_id"], body["force"])
+            self.cancel_hook(body["task_id"], body["force"], body["reply_to"])
 
     # ------------------------------------------------------------------ actors
     def create_actor(self, spec: dict, args, kwargs, max_task_retries: int):
         """Ask the head to create an actor; named actors wait for the head's answer."""
-        args_desc, _ = self._encode_actor_args(args, kwargs)
+        args_desc = self._encode_value((args, kwargs))
         actor_id = new_id()
         spec = dict(spec, actor_id=actor_id, args=args_desc, owner=self.addr,
                     job_id=self.job_id)
@@ -886,14 +925,6 @@ class CoreWorker:
         self.send_head(P.CREATE_ACTOR, spec)
         return {"actor_id": actor_id, "meta": spec["meta"]}
 
-    def _encode_actor_args(self, args, kwargs):
-        s = ser.serialize((args, kwargs))
-        if s.refs:
-            with self._lock:
-                self._mark_escaped(s.refs)
-        desc = self._make_desc(s, new_id()) if s.size > ser.INLINE_LIMIT else \
-            ("i", s.meta, [bytes(b) for b in s.buffers])
-        return desc, s.refs
 
     def submit_actor_task(self, actor_id: bytes, method: str, args, kwargs, nret,
                           max_task_retries: int = 0):
@@ -975,6 +1006,8 @@ class CoreWorker:
                 return
             a.state = state
             a.error = info.get("error")
+            if a.addr:
+                self.outbox.forget(a.addr)
             lost = list(a.inflight.values())
             a.inflight.clear()
             retry = []
@@ -1026,10 +1059,30 @@ class CoreWorker:
         if self.log_hook is not None:
             self.log_hook(body["lines"])
 
+    def _on_ping(self, body, _bufs) -> None:
+        fut = self._requests.pop(body["nonce"], None)
+        if fut is not None:
+            fut.set_result(True)
+
+    def sync_events(self, timeout: float = 10.0) -> None:
+        """Wait until the head's event stream reaches us (a SUB socket misses whatever is
+        published before its connection completes: ZeroMQ's "slow joiner")."""
+        nonce = new_id()
+        fut: Future = Future()
+        self._requests[nonce] = fut
+        deadline = time.monotonic() + timeout
+        while not fut.done() and time.monotonic() < deadline:
+            self.send_head(P.PING_EVENTS, {"nonce": nonce})
+            try:
+                fut.result(0.02)
+            except TimeoutError:
+                pass
+        self._requests.pop(nonce, None)
+
     @property
     def _event_handlers(self):
         return {P.EV_ACTOR: self._on_actor_event, P.EV_OWNER_DIED: self._on_owner_died,
-                P.EV_LOG: self._on_log, P.EV_NODE: lambda b, _: None}
+                P.EV_LOG: self._on_log, P.EV_NODE: lambda b, _: None, P.EV_PING: self._on_ping}
 
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
         self.send_head(P.KILL_ACTOR, {"actor_id": actor_id, "no_restart": no_restart})
@@ -1044,13 +1097,12 @@ class CoreWorker:
 
     # ------------------------------------------------------------------ lifecycle
     def shutdown(self) -> None:
+        self._stop = True
+        self._io.join(timeout=1.0)
         with self._lock:
             for leases in self._leases.values():
                 for lease in leases:
                     self.send_head(P.RETURN_LEASE, {"worker_id": lease.worker_id})
-            self._leases.clear()
-        self._stop = True
-        self._io.join(timeout=1.0)
         self.outbox.close(linger_ms=200)
         self.inbox.close(linger=0)
         self.sub.close(linger=0)

@@ -139,6 +139,7 @@ def connect(address: str, *, session: str | None = None, token: str | None = Non
     except BaseException:
         core.shutdown()
         raise
+    core.sync_events()
     core.session = info["session"]
     local = [n for n in info["nodes"] if n["alive"]]
     core.node_id = local[0]["node_id"] if local else ""

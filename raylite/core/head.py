@@ -154,7 +154,7 @@ class Head:
             P.GET_ACTOR_INFO: self.on_get_actor_info, P.KILL_ACTOR: self.on_kill_actor,
             P.REGISTER_DRIVER: self.on_register_driver, P.DRIVER_EXIT: self.on_driver_exit,
             P.CLUSTER_INFO: self.on_cluster_info, P.SHUTDOWN: self.on_shutdown,
-            P.LOG: self.on_log,
+            P.LOG: self.on_log, P.PING_EVENTS: self.on_ping_events,
         }
 
     # ------------------------------------------------------------------ plumbing
@@ -319,6 +319,7 @@ class Head:
             self.release(node, w)
         if prev == "leased" and w.owner:
             self.send(w.owner, P.WORKER_DIED, {"worker_id": w.worker_id, "reason": reason})
+        self.outbox.forget(w.addr)
         if w.actor is not None:
             self.actor_worker_died(w.actor, reason)
         self.publish(P.EV_OWNER_DIED, {"core_addr": w.core_addr})
@@ -359,7 +360,7 @@ class Head:
         rid = body["req_id"]
         self.pending = [r for r in self.pending if r.req_id != rid]
         for node in self.nodes.values():
-            for env_key, grants in node.waiting_spawn.items():
+            for _env_key, grants in node.waiting_spawn.items():
                 for req in list(grants):
                     if req.req_id == rid:
                         grants.remove(req)
@@ -490,8 +491,9 @@ class Head:
         w.state, w.actor, w.owner = "actor", actor, actor.owner
         actor.worker = w
         spec = actor.spec
-        self.send(w.addr, P.BECOME_ACTOR, {k: spec[k] for k in (
-            "actor_id", "cls", "args", "meta", "max_concurrency", "job_id", "name")})
+        body = {k: spec[k] for k in ("actor_id", "cls", "args", "meta", "max_concurrency",
+                                     "job_id", "name")}
+        self.send(w.addr, P.BECOME_ACTOR, dict(body, gpu_ids=w.gpu_ids, resources=dict(w.held)))
 
     def on_actor_ready(self, body: dict) -> None:
         actor = self.actors.get(body["actor_id"])
@@ -607,6 +609,9 @@ class Head:
 
     def on_cluster_info(self, body: dict) -> None:
         self.reply(body, self.cluster_info())
+
+    def on_ping_events(self, body: dict) -> None:
+        self.publish(P.EV_PING, body)
 
     def on_log(self, body: dict) -> None:
         self.publish(P.EV_LOG, body)

@@ -32,7 +32,8 @@ def validate(options: dict, for_actor: bool) -> dict:
     if res is not None:
         if not isinstance(res, dict) or any(not isinstance(v, (int, float)) or v < 0
                                             for v in res.values()):
-            raise ValueError(f"resources must be a dict of name -> non-negative number, got {res!r}")
+            raise ValueError("resources must be a dict of name -> non-negative number, "
+                             f"got {res!r}")
         for k in ("CPU", "GPU", "memory"):
             if k in res:
                 raise ValueError(f"Use num_cpus/num_gpus/memory instead of resources[{k!r}]")

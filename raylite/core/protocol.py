@@ -32,6 +32,7 @@ DRIVER_EXIT = b"driver_exit"            # driver: job_id
 CLUSTER_INFO = b"cluster_info"          # anyone: reply_to, req_id -> nodes, resources
 SHUTDOWN = b"shutdown"                  # driver that started the cluster: stop everything
 LOG = b"log"                            # agent: lines of worker output
+PING_EVENTS = b"ping_events"            # anyone: nonce -> the head publishes EV_PING
 
 # --- from the head ------------------------------------------------------------------
 LEASE_GRANTED = b"lease_granted"        # to owner: req_id, worker_id, addr, core_addr, node_id
@@ -46,14 +47,16 @@ EV_ACTOR = b"actor"                     # actor_id, state, addr, core_addr, erro
 EV_OWNER_DIED = b"owner_died"           # core_addr of a process that died
 EV_LOG = b"log"                         # lines of worker output
 EV_NODE = b"node"                       # node_id, alive
+EV_PING = b"ping"                       # nonce: proves a subscriber is connected
 
 # --- owner <-> worker, direct --------------------------------------------------------
 EXECUTE = b"execute"                    # owner -> worker: task spec
 ACTOR_CALL = b"actor_call"              # caller -> actor worker: method call spec
 TASK_DONE = b"task_done"                # worker -> owner: task_id, results / error
 STREAM_ITEM = b"stream_item"            # worker -> owner: task_id, index, value
-TASKS_RETURNED = b"tasks_returned"      # worker -> owner: worker blocked, queued tasks handed back
-WORKER_UNBLOCKED = b"worker_unblocked"  # worker -> owner
+WORKER_BLOCKED_NOTICE = b"blocked"      # worker -> lease owner: worker_id, blocked (bool)
+STEAL = b"steal"                        # owner -> worker core inbox: task_ids not to start
+STOLEN = b"stolen"                      # worker -> owner: worker_id, task_ids it will not start
 CANCEL = b"cancel"                      # owner -> worker core inbox: task_id, force
 
 # --- objects -------------------------------------------------------------------------

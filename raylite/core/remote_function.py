@@ -26,7 +26,7 @@ class RemoteFunction:
         self._options = opt.validate(dict(options), for_actor=False)
         self._fn_id = new_id()
         self._pickled = None
-        self._spec = None
+        self._spec = opt.lease_spec(self._options)  # validates strategy and labels now
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args, **kwargs):
@@ -41,12 +41,7 @@ class RemoteFunction:
         return _BoundOptions(self, opt.validate(merged, for_actor=False))
 
     def remote(self, *args, **kwargs):
-        return self._submit(args, kwargs, self._options, self._lease())
-
-    def _lease(self):
-        if self._spec is None:
-            self._spec = opt.lease_spec(self._options)
-        return self._spec
+        return self._submit(args, kwargs, self._options, self._spec)
 
     def _fn_bytes(self) -> bytes:
         if self._pickled is None:

@@ -38,9 +38,23 @@ class Serialized:
         self.size = len(meta) + sum(memoryview(b).nbytes for b in buffers)
 
 
+def _plain(value) -> bool:
+    """Builtin scalars, or a flat tuple/list/dict of them: plain pickle is enough (and
+    several times faster than cloudpickle)."""
+    t = type(value)
+    if t in _SIMPLE:
+        return True
+    if t is tuple or t is list:
+        return all(type(v) in _SIMPLE for v in value)
+    if t is dict:
+        return all(type(v) in _SIMPLE for v in value.values()) and \
+            all(type(k) in _SIMPLE for k in value)
+    return False
+
+
 def serialize(value) -> Serialized:
     """Pickle ``value``; ObjectRefs found inside are collected into ``.refs``."""
-    if type(value) in _SIMPLE:
+    if _plain(value):
         return Serialized(pickle.dumps(value, 5), [], [])
     buffers: list = []
     refs: list = []
@@ -114,7 +128,7 @@ def _find_unpicklable(value, depth: int = 0, path: str = "value"):
         closure = value.__closure__ or ()
         names = value.__code__.co_freevars
         children = [(f"{value.__qualname__} captures {n!r}", c.cell_contents)
-                    for n, c in zip(names, closure)]
+                    for n, c in zip(names, closure, strict=False)]
         glb = value.__globals__
         children += [(f"{value.__qualname__} uses global {n!r}", glb[n])
                      for n in value.__code__.co_names if n in glb]

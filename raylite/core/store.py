@@ -60,7 +60,7 @@ def write(directory: str, name: str, s: Serialized) -> tuple[str, int]:
             for i, (o, ln) in enumerate(table):
                 struct.pack_into("<QQ", m, off + 16 * i, o, ln)
             m[header: header + len(s.meta)] = s.meta
-            for (o, ln), b in zip(table, s.buffers):
+            for (o, ln), b in zip(table, s.buffers, strict=False):
                 m[o: o + ln] = memoryview(b).cast("B")
     finally:
         os.close(fd)

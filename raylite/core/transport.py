@@ -103,12 +103,18 @@ class Outbox:
             sock = self._socks.get(addr)
             if sock is None:
                 sock = self._socks[addr] = self._transport.connect(addr)
-            try:
-                # never block: a peer whose connection was refused (wrong token) or torn
-                # down has no pipe, and a blocking send would hang the caller forever
-                sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                log.debug("dropped a message to unreachable peer %s", addr)
+            # Never block: a socket whose peer died (or refused our token) has no pipe, and
+            # a blocking send would hang the caller. Such a socket may also be aimed at an
+            # address a new process now uses (ports get reused), so reconnect and try once
+            # more before giving up on the message.
+            for _attempt in (0, 1):
+                try:
+                    sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                    return
+                except zmq.Again:
+                    sock.close(linger=0)
+                    sock = self._socks[addr] = self._transport.connect(addr)
+            log.debug("dropped a message to unreachable peer %s", addr)
 
     def forget(self, addr: str) -> None:
         """Drop the connection to a peer that died (its queued messages are discarded)."""

@@ -11,6 +11,7 @@ Run: ``python -m raylite.core.worker`` with the RAYLITE_* environment set by the
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import os
 import signal
@@ -38,7 +39,14 @@ class Executor:
         self.running: bytes | None = None
         self.running_owner: str | None = None
         self.cancel_requested: bytes | None = None
-        self.cancelled: set[bytes] = set()
+        # tasks the owner took back (stolen) or cancelled before they started: skipped
+        # when read; ``started`` remembers recent starts so a late steal cannot win
+        self.lock = threading.Lock()
+        self.skip: set[bytes] = set()
+        self.started: collections.OrderedDict = collections.OrderedDict()
+        self.base_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.actor_gpu_ids: tuple = ()
+        self.actor_resources: dict = {}
         self.actor = None
         self.actor_id = None
         self.pool = None
@@ -66,9 +74,44 @@ class Executor:
         fn_id = body["fn_id"]
         fn = self.fns.get(fn_id)
         if fn is None:
-            raw = body.get("fn") or self.fn_bytes.pop(fn_id)
+            for path in body.get("sys_path") or ():  # the owner's import path, as Ray does
+                if path not in sys.path:
+                    sys.path.append(path)
+            raw = body.get("fn") or self.fn_bytes[fn_id]
             fn = self.fns[fn_id] = ser.deserialize(raw)
         return fn
+
+    def begin(self, body: dict) -> bool:
+        """Mark a task started unless it was stolen or cancelled first (main thread)."""
+        tid = body["task_id"]
+        with self.lock:
+            if tid in self.skip:
+                self.skip.discard(tid)
+                if body.get("fn") is not None:
+                    self.fn_bytes[body["fn_id"]] = body["fn"]
+                return False
+            self.started[tid] = None
+            if len(self.started) > 10000:
+                self.started.popitem(last=False)
+            return True
+
+    def steal(self, tids: list) -> list:
+        """IO thread: give back the tasks of ``tids`` not started yet."""
+        with self.lock:
+            got = [t for t in tids if t not in self.started]
+            self.skip.update(got)
+        return got
+
+    def set_devices(self, gpu_ids, resources) -> None:
+        ctx = runtime.task_context
+        ctx.gpu_ids = tuple(gpu_ids or ())
+        ctx.resources = resources
+        if gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
+        elif self.base_cuda is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = self.base_cuda
 
     def resolve_args(self, body: dict):
         args, kwargs = self.core.read_desc(body["args"])
@@ -106,7 +149,8 @@ class Executor:
 
     def error_reply(self, tid: bytes, name: str, e: BaseException) -> dict:
         if isinstance(e, exc.TaskCancelledError):
-            return {"task_id": tid, "error": ser.error_descriptor(exc.TaskCancelledError(tid.hex()))}
+            cancelled = exc.TaskCancelledError(tid.hex())
+            return {"task_id": tid, "error": ser.error_descriptor(cancelled)}
         err = ser.task_error(name, e, os.getpid(), self.core.node_id)
         return {"task_id": tid, "error": ser.error_descriptor(err), "app_error": True}
 
@@ -115,11 +159,13 @@ class Executor:
         tid = body["task_id"]
         ctx = runtime.task_context
         ctx.task_id = tid
-        gpu_ids = body.get("gpu_ids")
-        if gpu_ids:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
-            ctx.gpu_ids = tuple(gpu_ids)
+        if self.actor_id is None:
+            self.set_devices(body.get("gpu_ids"), body.get("resources"))
+        else:
+            self.actor_context()
         try:
+            if fn is None:
+                fn = self.load_fn(body)
             args, kwargs = self.resolve_args(body)
             result = fn(*args, **kwargs)
             if body.get("stream"):
@@ -147,61 +193,54 @@ class Executor:
 
     # ------------------------------------------------------------------ tasks
     def on_execute(self, body: dict) -> None:
-        tid, owner = body["task_id"], body["owner"]
-        if tid in self.cancelled:
-            self.cancelled.discard(tid)
-            self.reply(owner, self.error_reply(tid, "", exc.TaskCancelledError()))
+        if not self.begin(body):
             return
+        tid, owner = body["task_id"], body["owner"]
+        if body.get("fn") is not None:
+            self.fn_bytes[body["fn_id"]] = body["fn"]
         runtime.task_context.job_id = body.get("job_id")
-        self.running, self.running_owner = tid, owner
+        with self.lock:
+            self.running, self.running_owner = tid, owner
         try:
-            fn = self.load_fn(body)
-            reply = self.invoke(body, fn, body["name"])
+            reply = self.invoke(body, None, body["name"])
         except exc.TaskCancelledError as e:
             reply = self.error_reply(tid, body["name"], e)
         finally:
-            self.running = None
-            self.cancel_requested = None
+            with self.lock:
+                self.running = None
+                self.cancel_requested = None
         self.reply(owner, reply)
         sys.stdout.flush()
 
     def on_blocked(self, blocked: bool) -> None:
-        """Called around a blocking get: lend the CPU out, hand queued tasks back."""
+        """Called around a blocking get: lend the CPU out (the head may start other
+        work on it) and tell the owner, who takes back the tasks queued behind this one."""
         if threading.current_thread() is not self.main_thread or self.actor is not None \
                 or self.running is None:
             return
         core = self.core
-        if blocked:
-            returned = []
-            while True:
-                try:
-                    frames = self.sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                _, body, _ = P.decode(frames)
-                if body.get("fn") is not None:
-                    self.fn_bytes[body["fn_id"]] = body["fn"]
-                returned.append(body["task_id"])
-            core.outbox.send(self.running_owner, P.encode(P.TASKS_RETURNED, {
-                "worker_id": core.worker_id, "task_ids": returned}))
-        else:
-            core.outbox.send(self.running_owner, P.encode(P.WORKER_UNBLOCKED, {
-                "worker_id": core.worker_id}))
-        core.send_head(P.WORKER_BLOCKED, {"worker_id": core.worker_id, "blocked": blocked})
+        body = {"worker_id": core.worker_id, "blocked": blocked}
+        core.outbox.send(self.running_owner, P.encode(P.WORKER_BLOCKED_NOTICE, body))
+        core.send_head(P.WORKER_BLOCKED, body)
 
-    def cancel(self, tid: bytes, force: bool) -> None:
-        """Runs on the IO thread when the owner cancels ``tid``."""
-        if force:
-            os.kill(os.getpid(), signal.SIGKILL)
+    def cancel(self, tid: bytes, force: bool, reply_to: str) -> None:
+        """IO thread: the owner cancels ``tid``. A task not started yet is skipped and
+        answered at once; a running one gets TaskCancelledError (through SIGINT)."""
         fut = self.async_tasks.get(tid)
         if fut is not None:
             self.loop.call_soon_threadsafe(fut.cancel)
             return
-        if self.running == tid:
-            self.cancel_requested = tid
-            os.kill(os.getpid(), signal.SIGINT)
-        else:
-            self.cancelled.add(tid)
+        with self.lock:
+            if self.running == tid:
+                if force:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                self.cancel_requested = tid
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            if tid in self.started:
+                return  # finished already
+            self.skip.add(tid)
+        self.reply(reply_to, self.error_reply(tid, "", exc.TaskCancelledError()))
 
     def on_sigint(self, *_):
         if self.running is not None and self.cancel_requested == self.running:
@@ -214,6 +253,10 @@ class Executor:
         self.actor_id = body["actor_id"]
         runtime.task_context.actor_id = self.actor_id
         runtime.task_context.job_id = body.get("job_id")
+        self.actor_gpu_ids = tuple(body.get("gpu_ids") or ())
+        self.actor_resources = body.get("resources") or {}
+        self.actor_job_id = body.get("job_id")
+        self.set_devices(self.actor_gpu_ids, self.actor_resources)
         error = None
         try:
             cls = ser.deserialize(body["cls"])
@@ -238,6 +281,12 @@ class Executor:
         core.send_head(P.ACTOR_READY, {"actor_id": self.actor_id, "error": error})
         sys.stdout.flush()
 
+    def actor_context(self) -> None:
+        """Fill this thread's task context for the actor (pool and loop threads too)."""
+        ctx = runtime.task_context
+        ctx.actor_id, ctx.job_id = self.actor_id, self.actor_job_id
+        ctx.gpu_ids, ctx.resources = self.actor_gpu_ids, self.actor_resources
+
     def _get_if_ref(self, v):
         return self.core.get([v])[0] if isinstance(v, ObjectRef) else v
 
@@ -253,6 +302,8 @@ class Executor:
         return asyncio.run_coroutine_threadsafe(call(), self.loop).result()
 
     def on_actor_call(self, body: dict) -> None:
+        if not self.begin(body):
+            return
         method = body["method"]
         if method == "__ray_terminate__":
             self.reply(body["owner"], {"task_id": body["task_id"],
@@ -296,6 +347,7 @@ class Executor:
 
         async def call():
             async with self.async_sem:
+                self.actor_context()
                 runtime.task_context.task_id = tid
                 try:
                     args, kwargs = self.resolve_args(body)
@@ -348,6 +400,7 @@ def main(forked: bool = False) -> None:
     executor = Executor(core, sock)
     core.blocked_hook = executor.on_blocked
     core.cancel_hook = executor.cancel
+    core.steal_hook = executor.steal
     signal.signal(signal.SIGINT, executor.on_sigint)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     core.send_head(P.REGISTER_WORKER, {
