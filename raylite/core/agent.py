@@ -5,9 +5,8 @@ Why a separate process: workers come and go (crashes, kills, actor exits); someo
 node must notice each exit at once and tell the head, keep a warm pool ready, and clean
 the store when the node goes away. The agent does only that, so it stays responsive.
 
-Start-up is on the critical path of ``raylite.init()``, so the agent forks its first pool
-of workers before it creates any ZeroMQ context (a fork is a few milliseconds; a fresh
-interpreter is ~60 ms). Later workers are spawned as new interpreters.
+Workers are forked by a zygote (see ``zygote.py``) that the agent forks at start-up, so a
+new worker costs a fork (milliseconds), not a fresh interpreter (~100 ms).
 
 Run: ``python -m raylite.core.agent --head ADDR --session S --node-id N --resources JSON``.
 """
@@ -20,7 +19,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 
 from raylite.core import protocol as P
@@ -54,66 +52,42 @@ class Agent:
         env.update({k: str(v) for k, v in env_vars.items()})
         env.update({"RAYLITE_HEAD": self.head_addr, "RAYLITE_SESSION": self.session,
                     "RAYLITE_NODE_ID": self.node_id, "RAYLITE_ENV_KEY": env_key,
-                    "RAYLITE_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1",
-                    "RAYLITE_BIND_HOST": self.bind_host})
+                    "PYTHONUNBUFFERED": "1", "RAYLITE_BIND_HOST": self.bind_host})
         return env
 
-    def fork_worker(self) -> None:
-        """Fork a default worker (only before this process has a ZeroMQ context)."""
-        r, w = os.pipe()
-        env = self.worker_env({}, "")
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            os.dup2(w, 1)
-            os.dup2(w, 2)
-            os.close(w)
-            os.environ.clear()
-            os.environ.update(env)
-            from raylite.core import worker
-
-            worker.main(forked=True)
-            os._exit(0)
-        os.close(w)
-        self.add_child(pid, r, "")
-
     def spawn_worker(self, env_vars: dict, env_key: str) -> None:
-        # posix_spawn, not subprocess.Popen: Popen reaps children behind our back
-        # (subprocess._cleanup), and this agent must see every worker's exit itself
-        r, w = os.pipe()
-        env = self.worker_env(env_vars, env_key)
-        pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "raylite.core.worker"], env,
-                             file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                                           (os.POSIX_SPAWN_DUP2, w, 1),
-                                           (os.POSIX_SPAWN_DUP2, w, 2)])
-        os.close(w)
-        self.add_child(pid, r, env_key)
+        """Ask the zygote to fork a worker (it answers with the pid and output pipe)."""
+        self.zygote_sock.send(json.dumps({"env": self.worker_env(env_vars, env_key),
+                                          "env_key": env_key}).encode())
+
+    def on_zygote(self) -> None:
+        """A message from the zygote: a worker was forked, or one exited."""
+        data, fds, _, _ = socket.recv_fds(self.zygote_sock, 1 << 16, 4)
+        if not data:
+            self.running = False  # the zygote died: this node cannot run workers
+            return
+        msg = json.loads(data)
+        if "spawned" in msg:
+            self.add_child(msg["spawned"], fds[0], msg["env_key"])
+        else:
+            self.child_exited(msg["exited"], msg["code"])
 
     def add_child(self, pid: int, fd: int, env_key: str) -> None:
         os.set_blocking(fd, False)
         self.children[pid] = {"fd": fd, "buf": b"", "env_key": env_key}
-        if self.poller is not None:
-            self.poller.register(fd, 1)  # zmq.POLLIN
+        self.poller.register(fd, 1)  # zmq.POLLIN
 
-    def reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            child = self.children.pop(pid, None)
-            if child is None:
-                continue
-            self.read_output(pid, child, final=True)
-            # unregister before closing: a new pipe may reuse the fd number at once
-            self.poller.unregister(child["fd"])
-            os.close(child["fd"])
-            code = os.waitstatus_to_exitcode(status)
-            reason = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
-            self.send_head(P.WORKER_EXITED, {"pid": pid, "node_id": self.node_id,
-                                             "reason": reason, "env_key": child["env_key"]})
+    def child_exited(self, pid: int, code: int) -> None:
+        child = self.children.pop(pid, None)
+        if child is None:
+            return
+        self.read_output(pid, child, final=True)
+        # unregister before closing: a new pipe may reuse the fd number at once
+        self.poller.unregister(child["fd"])
+        os.close(child["fd"])
+        reason = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
+        self.send_head(P.WORKER_EXITED, {"pid": pid, "node_id": self.node_id,
+                                         "reason": reason, "env_key": child["env_key"]})
 
     def read_output(self, pid: int, child: dict, final: bool = False) -> None:
         try:
@@ -183,8 +157,9 @@ class Agent:
                     P.FETCH: self.on_fetch, P.SHUTDOWN: self.on_shutdown}
         poller = self.poller = zmq.Poller()
         poller.register(self.inbox, zmq.POLLIN)
-        for child in self.children.values():  # the pool forked before the poller existed
-            poller.register(child["fd"], zmq.POLLIN)
+        poller.register(self.zygote_sock.fileno(), zmq.POLLIN)
+        for _ in range(self.warm):
+            self.spawn_worker({}, "")
         last_beat = 0.0
         while self.running:
             ready = dict(poller.poll(50))
@@ -196,12 +171,13 @@ class Agent:
                         break
                     mtype, body, _ = P.decode(frames)
                     handlers[mtype](body)
+            if self.zygote_sock.fileno() in ready:
+                self.on_zygote()
             by_fd = {c["fd"]: (pid, c) for pid, c in self.children.items()}
             for fd in ready:
                 if isinstance(fd, int) and fd in by_fd:
                     self.read_output(*by_fd[fd])
             self.flush_partial_lines()
-            self.reap()
             now = time.monotonic()
             if now - last_beat > HEARTBEAT_S:
                 last_beat = now
@@ -209,18 +185,16 @@ class Agent:
         self.stop()
 
     def stop(self) -> None:
-        for pid in list(self.children):
+        for pid in list(self.children) + [self.zygote_pid]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + 2.0
-        while self.children and time.monotonic() < deadline:
-            try:
-                pid, _ = os.waitpid(-1, 0)
-                self.children.pop(pid, None)
-            except ChildProcessError:
-                break
+        try:
+            os.waitpid(self.zygote_pid, 0)
+        except ChildProcessError:
+            pass
+        self.wait_gone(list(self.children))
         store.remove_dir(self.store_dir)
         try:
             os.rmdir(store.session_dir(self.session))
@@ -232,6 +206,22 @@ class Agent:
             self.transport.close(linger_ms=0)
         except Exception:
             pass
+
+
+    @staticmethod
+    def wait_gone(pids: list[int], timeout: float = 2.0) -> None:
+        """Wait until killed workers (children of the zygote, not ours) are gone, so
+        their shared memory is unmapped before the store is removed."""
+        deadline = time.monotonic() + timeout
+        for pid in pids:
+            while time.monotonic() < deadline:
+                try:
+                    with open(f"/proc/{pid}/stat") as f:
+                        if f.read().split(") ", 1)[1][:1] in "ZX":
+                            break
+                except OSError:
+                    break
+                time.sleep(0.005)
 
 
 def main(argv=None) -> None:
@@ -246,12 +236,11 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[raylite agent] %(message)s")
     agent = Agent(args, os.environ.get("RAYLITE_TOKEN"))
-    # import the worker's modules once, then fork the warm pool before any ZeroMQ context
-    # or thread exists in this process
-    from raylite.core import worker  # noqa: F401
+    # import the worker's modules, then fork the zygote before any thread or ZeroMQ
+    # context exists in this process: the zygote forks every worker from this state
+    from raylite.core import worker, zygote
 
-    for _ in range(args.warm):
-        agent.fork_worker()
+    agent.zygote_pid, agent.zygote_sock = zygote.start(worker.main)
     die_with_parent(signal.SIGTERM)
 
     def on_term(*_):

@@ -13,7 +13,7 @@ import time
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
+def die_with_parent(sig: int = signal.SIGTERM, watch: bool = True) -> None:
     """Ask the kernel to send ``sig`` when our parent exits, and watch it as a backstop.
 
     ``RAYLITE_PARENT_PID`` names the expected parent: if it is already gone when we get
@@ -30,15 +30,17 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
             pass
     if os.getppid() != expected:
         os._exit(1)
+    if not watch:  # e.g. a process that must stay single-threaded to fork safely
+        return
 
-    def watch():
+    def watcher():
         while True:
             time.sleep(1.0)
             if os.getppid() != expected:
                 os.kill(os.getpid(), sig)
                 time.sleep(2.0)
                 os._exit(1)
-    threading.Thread(target=watch, daemon=True, name="raylite-parent-watch").start()
+    threading.Thread(target=watcher, daemon=True, name="raylite-parent-watch").start()
 
 
 def free_port_pair(host: str = "127.0.0.1") -> int:
