@@ -2,39 +2,78 @@
 
 ``import raylite as ray`` runs ordinary Ray Core code: ``ray.init()``, ``@ray.remote``,
 ``.remote()``, ``ray.get/put/wait``, actors, named actors, cancellation.
+
+The names below are imported on first use (PEP 562), so the runtime's own processes
+(head, node agents), which import ``raylite.core.*`` and so this package first, start
+without loading the driver API they never use.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
-from raylite import exceptions
-from raylite.core.actor import ActorClass, ActorHandle, method
-from raylite.core.api import (
-    RayliteContext,
-    RuntimeContext,
-    available_resources,
-    cancel,
-    cluster_resources,
-    get,
-    get_actor,
-    get_gpu_ids,
-    get_runtime_context,
-    init,
-    is_initialized,
-    kill,
-    nodes,
-    put,
-    remote,
-    shutdown,
-    wait,
-)
-from raylite.core.object_ref import ObjectRef, ObjectRefGenerator
-from raylite.core.remote_function import RemoteFunction
+_API = "raylite.core.api"
+_WHERE = {
+    "init": _API, "shutdown": _API, "is_initialized": _API, "remote": _API, "get": _API,
+    "put": _API, "wait": _API, "cancel": _API, "kill": _API, "get_actor": _API,
+    "nodes": _API, "cluster_resources": _API, "available_resources": _API,
+    "get_runtime_context": _API, "get_gpu_ids": _API, "RayliteContext": _API,
+    "RuntimeContext": _API,
+    "method": "raylite.core.actor", "ActorClass": "raylite.core.actor",
+    "ActorHandle": "raylite.core.actor",
+    "ObjectRef": "raylite.core.object_ref", "ObjectRefGenerator": "raylite.core.object_ref",
+    "RemoteFunction": "raylite.core.remote_function",
+    "exceptions": None, "util": None, "cluster_utils": None,
+}
 
 __all__ = [
     "__version__", "exceptions", "init", "shutdown", "is_initialized", "remote", "get", "put",
     "wait", "cancel", "kill", "get_actor", "nodes", "cluster_resources", "available_resources",
     "get_runtime_context", "get_gpu_ids", "method", "ObjectRef", "ObjectRefGenerator",
     "ActorClass", "ActorHandle", "RemoteFunction", "RayliteContext", "RuntimeContext",
+    "util", "cluster_utils",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'raylite' has no attribute {name!r}")
+    module = _WHERE[name]
+    value = importlib.import_module(f"raylite.{name}" if module is None else module)
+    if module is not None:
+        value = getattr(value, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+    from raylite import cluster_utils, exceptions, util
+    from raylite.core.actor import ActorClass, ActorHandle, method
+    from raylite.core.api import (
+        RayliteContext,
+        RuntimeContext,
+        available_resources,
+        cancel,
+        cluster_resources,
+        get,
+        get_actor,
+        get_gpu_ids,
+        get_runtime_context,
+        init,
+        is_initialized,
+        kill,
+        nodes,
+        put,
+        remote,
+        shutdown,
+        wait,
+    )
+    from raylite.core.object_ref import ObjectRef, ObjectRefGenerator
+    from raylite.core.remote_function import RemoteFunction

@@ -57,8 +57,13 @@ def test_cli_head_and_second_node_run_tasks_on_both(cli):
                    for z in ("a", "b")}
         assert by_zone["a"] != by_zone["b"]
         assert {n["NodeID"] for n in raylite.nodes()} == set(by_zone.values())
-        spread = raylite.get([where.options(scheduling_strategy="SPREAD").remote()
-                              for _ in range(8)])
+        @raylite.remote
+        def busy_where():
+            time.sleep(0.2)  # long enough that the two tasks overlap
+            return raylite.get_runtime_context().get_node_id()
+
+        spread = raylite.get([busy_where.options(scheduling_strategy="SPREAD").remote()
+                              for _ in range(2)])
         assert set(spread) == set(by_zone.values())
     finally:
         raylite.shutdown()

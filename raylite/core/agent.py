@@ -23,7 +23,7 @@ import time
 
 from raylite.core import protocol as P
 from raylite.core import store
-from raylite.core.osutil import die_with_parent
+from raylite.core.osutil import die_with_parent, drain_fd, signal_wakeup_fd
 
 log = logging.getLogger("raylite.agent")
 
@@ -158,6 +158,8 @@ class Agent:
         poller = self.poller = zmq.Poller()
         poller.register(self.inbox, zmq.POLLIN)
         poller.register(self.zygote_sock.fileno(), zmq.POLLIN)
+        wake = signal_wakeup_fd()
+        poller.register(wake, zmq.POLLIN)
         for _ in range(self.warm):
             self.spawn_worker({}, "")
         last_beat = 0.0
@@ -171,6 +173,8 @@ class Agent:
                         break
                     mtype, body, _ = P.decode(frames)
                     handlers[mtype](body)
+            if wake in ready:
+                drain_fd(wake)
             if self.zygote_sock.fileno() in ready:
                 self.on_zygote()
             by_fd = {c["fd"]: (pid, c) for pid, c in self.children.items()}

@@ -174,6 +174,8 @@ class CoreWorker:
         self._lease_reqs: dict[tuple, dict[bytes, float]] = {}
         self._lease_by_worker: dict[str, _Lease] = {}
         self._task_time: dict[tuple, float] = {}  # scheduling key -> moving average run time
+        self._spread_keys: set[tuple] = set()
+        self._lease_opts: dict[tuple, tuple] = {}
         self._actors: dict[bytes, _Actor] = {}
         self._streams: dict[bytes, _Stream] = {}
         self._requests: dict[bytes, object] = {}
@@ -190,7 +192,7 @@ class CoreWorker:
             P.TASK_DONE: self._on_task_done, P.STREAM_ITEM: self._on_stream_item,
             P.LEASE_GRANTED: self._on_lease_granted, P.WORKER_DIED: self._on_worker_died,
             P.WORKER_BLOCKED_NOTICE: self._on_worker_blocked, P.STOLEN: self._on_stolen,
-            P.STEAL: self._on_steal,
+            P.STEAL: self._on_steal, P.WAKE: lambda body, bufs: None,
             P.REPLY: self._on_reply, P.GET_OBJECT: self._on_get_object,
             P.OBJECT: self._on_object, P.CANCEL: self._on_cancel,
         }
@@ -576,8 +578,9 @@ class CoreWorker:
                 self._queues[key] = collections.deque()
                 self._leases[key] = []
                 self._lease_reqs[key] = {}
-                self._lease_opts = getattr(self, "_lease_opts", {})
                 self._lease_opts[key] = (demand, lease_opts)
+                if lease_opts.get("strategy") == "SPREAD":
+                    self._spread_keys.add(key)
             self._tasks[tid] = t
             self._await_deps(t, lambda: self._enqueue(t))
         return out
@@ -634,7 +637,8 @@ class CoreWorker:
         # Pipelining (sending a task to a worker that is still busy) only behind tasks
         # known to be short, and only while the worker's current task is young: a long
         # task never holds up the ones behind it for long.
-        pipeline = self._task_time.get(key, 1.0) < PIPELINE_MAX_TASK_S
+        pipeline = self._task_time.get(key, 1.0) < PIPELINE_MAX_TASK_S and \
+            key not in self._spread_keys
         now = time.monotonic()
         while q:
             best = None
@@ -727,6 +731,8 @@ class CoreWorker:
                 self._task_time[t.key] = took if avg is None else 0.8 * avg + 0.2 * took
                 if not lease.inflight:
                     lease.idle_since = now
+                    if t.key in self._spread_keys:  # SPREAD: schedule every task anew
+                        self._return_lease(lease)
             err = body.get("error")
             if err is not None and not t.cancelled and t.retries != 0 and \
                     self._should_retry(t, body):
@@ -1098,6 +1104,7 @@ class CoreWorker:
     # ------------------------------------------------------------------ lifecycle
     def shutdown(self) -> None:
         self._stop = True
+        self.outbox.send(self.addr, P.encode(P.WAKE, {}))
         self._io.join(timeout=1.0)
         with self._lock:
             for leases in self._leases.values():

@@ -23,7 +23,7 @@ import zmq
 
 from raylite.core import protocol as P
 from raylite.core import scheduler, store
-from raylite.core.osutil import die_with_parent
+from raylite.core.osutil import die_with_parent, drain_fd, signal_wakeup_fd
 from raylite.core.transport import Outbox, Transport
 
 log = logging.getLogger("raylite.head")
@@ -172,11 +172,15 @@ class Head:
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.inbox, zmq.POLLIN)
+        wake = signal_wakeup_fd()
+        poller.register(wake, zmq.POLLIN)
         if self.monitor is not None:
             poller.register(self.monitor, zmq.POLLIN)
         last_check = time.monotonic()
         while self.running:
             ready = dict(poller.poll(100))
+            if wake in ready:
+                drain_fd(wake)
             if self.monitor is not None and self.monitor in ready:
                 self.log_refused()
             if self.inbox in ready:
@@ -406,7 +410,8 @@ class Head:
                 keep.append(req)
                 continue
             if req.strategy == "SPREAD":
-                self.spread_counter += 1
+                ids = sorted(n.node_id for n in views.values())
+                self.spread_counter = ids.index(node_id) + 1
             self.place(self.nodes[node_id], req)
         self.pending = keep
 

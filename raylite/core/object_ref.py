@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 
@@ -81,6 +80,8 @@ class ObjectRef:
         return self._core.as_future(self)
 
     def __await__(self):
+        import asyncio
+
         return asyncio.wrap_future(self.future()).__await__()
 
 
@@ -113,6 +114,8 @@ class ObjectRefGenerator:
         return self
 
     async def __anext__(self) -> ObjectRef:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         ref = await loop.run_in_executor(None, self._core.next_stream_item,
                                          self._task_id, self._index, None)

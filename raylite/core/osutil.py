@@ -78,3 +78,21 @@ def stop_processes(procs, timeout: float = 2.0) -> None:
                 p.wait(1.0)
             except Exception:
                 pass
+
+
+def signal_wakeup_fd() -> int:
+    """A file descriptor that becomes readable when a signal arrives, so a poll loop
+    notices SIGTERM at once instead of at its next timeout (main thread only)."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    signal.set_wakeup_fd(w)
+    return r
+
+
+def drain_fd(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass

@@ -63,6 +63,7 @@ CANCEL = b"cancel"                      # owner -> worker core inbox: task_id, f
 GET_OBJECT = b"get_object"              # borrower -> owner: oid, reply_to
 OBJECT = b"object"                      # owner -> borrower: oid, value descriptor
 FETCH = b"fetch"                        # reader -> agent: path, reply_to, req_id
+WAKE = b"wake"                          # a process to its own inbox: wake the IO thread
 
 _dumps = pickle.dumps
 _loads = pickle.loads

@@ -7,18 +7,20 @@ No I/O here: the head calls these with its node table and applies the decision.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 EPS = 1e-9
 
 
-@dataclass
 class NodeView:
-    node_id: str
-    total: dict
-    available: dict
-    labels: dict = field(default_factory=dict)
-    alive: bool = True
+    __slots__ = ("node_id", "total", "available", "labels", "alive")
+
+    def __init__(self, node_id: str, total: dict, available: dict, labels: dict | None = None,
+                 alive: bool = True):
+        self.node_id = node_id
+        self.total = total
+        self.available = available
+        self.labels = labels or {}
+        self.alive = alive
 
 
 def fits(available: dict, demand: dict) -> bool:
@@ -92,14 +94,16 @@ def select_node(nodes: list[NodeView], demand: dict, strategy, selector: list,
         if not soft:
             return None
         strategy = "DEFAULT"
+    if strategy == "SPREAD":  # round robin over the nodes, from where the last one ended
+        ordered = sorted(candidates, key=lambda n: n.node_id)
+        for i in range(len(ordered)):
+            n = ordered[(spread_counter + i) % len(ordered)]
+            if fits(n.available, demand):
+                return n.node_id
+        return None
     ready = [n for n in candidates if fits(n.available, demand)]
     if not ready:
         return None
-    if strategy == "SPREAD":
-        ready.sort(key=utilization)
-        least = utilization(ready[0])
-        ties = [n for n in ready if utilization(n) <= least + EPS]
-        return ties[spread_counter % len(ties)].node_id
     ready.sort(key=lambda n: n.node_id != local_node)
     for n in ready:
         if utilization(n) < 0.5:

@@ -10,7 +10,6 @@ Run: ``python -m raylite.core.worker`` with the RAYLITE_* environment set by the
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import inspect
 import os
@@ -291,12 +290,16 @@ class Executor:
         return self.core.get([v])[0] if isinstance(v, ObjectRef) else v
 
     def start_loop(self, concurrency: int) -> None:
+        import asyncio  # only async actors need it (it costs ~25 ms to import)
+
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True,
                          name="raylite-actor-loop").start()
         self.async_sem = asyncio.Semaphore(concurrency)
 
     def run_in_loop(self, fn):
+        import asyncio
+
         async def call():
             return fn()
         return asyncio.run_coroutine_threadsafe(call(), self.loop).result()
@@ -343,6 +346,8 @@ class Executor:
         sys.stdout.flush()
 
     def submit_async(self, body: dict, fn, method: str) -> None:
+        import asyncio
+
         tid = body["task_id"]
 
         async def call():
