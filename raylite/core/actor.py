@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import inspect
 
-import cloudpickle
-
 from raylite.core import options as opt
 from raylite.core import serialization as ser
 from raylite.core.runtime_api import require_core
@@ -64,10 +62,7 @@ class ActorClass:
 
     def _cls_bytes(self) -> bytes:
         if self._pickled is None:
-            try:
-                self._pickled = cloudpickle.dumps(self._cls, protocol=5)
-            except Exception as e:
-                raise ser._unpicklable_error(self._cls, e) from e
+            self._pickled = ser.dumps_code(self._cls)
         return self._pickled
 
     def _create(self, args, kwargs, options: dict) -> ActorHandle:

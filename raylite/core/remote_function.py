@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import functools
 
-import cloudpickle
-
 from raylite.core import options as opt
 from raylite.core import serialization as ser
 from raylite.core.object_ref import new_id
@@ -45,10 +43,7 @@ class RemoteFunction:
 
     def _fn_bytes(self) -> bytes:
         if self._pickled is None:
-            try:
-                self._pickled = cloudpickle.dumps(self._function, protocol=5)
-            except Exception as e:
-                raise ser._unpicklable_error(self._function, e) from e
+            self._pickled = ser.dumps_code(self._function)
         return self._pickled
 
     def _submit(self, args, kwargs, options: dict, spec):

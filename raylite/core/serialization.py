@@ -13,6 +13,7 @@ A *descriptor* is how a value travels in messages and lives in an owner's table:
 
 from __future__ import annotations
 
+import os
 import pickle
 import threading
 import traceback
@@ -21,6 +22,7 @@ import cloudpickle
 
 from raylite.exceptions import RayTaskError
 
+_CORE_DIR = os.path.dirname(os.path.abspath(__file__))
 INLINE_LIMIT = 100 * 1024  # values bigger than this go to the shared-memory store (as Ray)
 
 _SIMPLE = {type(None), bool, int, float, str, bytes, complex}
@@ -94,8 +96,13 @@ def error_descriptor(err: BaseException) -> tuple:
 
 
 def task_error(function_name: str, exc: BaseException, pid=None, node_id=None) -> RayTaskError:
-    """Wrap an exception raised by user code, keeping the remote traceback."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    """Wrap an exception raised by user code, keeping the remote traceback (without
+    raylite's own frames at its top, as Ray shows it)."""
+    frames = exc.__traceback__
+    while frames is not None and frames.tb_next is not None and \
+            frames.tb_frame.f_code.co_filename.startswith(_CORE_DIR):
+        frames = frames.tb_next
+    tb = "".join(traceback.format_exception(type(exc), exc, frames))
     cause = exc
     try:
         pickle.loads(cloudpickle.dumps(exc))
@@ -104,6 +111,43 @@ def task_error(function_name: str, exc: BaseException, pid=None, node_id=None) -
     if isinstance(exc, RayTaskError):
         return exc
     return RayTaskError(function_name, tb, cause, pid, node_id)
+
+
+def dumps_code(obj) -> bytes:
+    """Pickle a function or class for workers, remembering its source file: cloudpickle
+    replaces ``co_filename`` with "<dynamic-code>", which would leave remote tracebacks
+    without file names and source lines."""
+    code = getattr(obj, "__code__", None)
+    if code is None:
+        code = next((f.__code__ for f in vars(obj).values() if hasattr(f, "__code__")), None) \
+            if isinstance(obj, type) else None
+    try:
+        return cloudpickle.dumps((obj, code.co_filename if code else None), protocol=5)
+    except Exception as e:
+        raise _unpicklable_error(obj, e) from e
+
+
+def loads_code(data: bytes):
+    obj, filename = pickle.loads(data)
+    if filename:
+        members = vars(obj).values() if isinstance(obj, type) else [obj]
+        for f in members:
+            f = getattr(f, "__func__", f)
+            code = getattr(f, "__code__", None)
+            if code is not None:
+                try:
+                    f.__code__ = _with_filename(code, filename)
+                except (AttributeError, TypeError):
+                    pass
+    return obj
+
+
+def _with_filename(code, filename: str):
+    if code.co_filename != "<dynamic-code>":
+        return code
+    consts = tuple(_with_filename(c, filename) if hasattr(c, "co_filename") else c
+                   for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
 
 
 def _unpicklable_error(value, exc: Exception) -> TypeError:

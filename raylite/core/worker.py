@@ -77,7 +77,7 @@ class Executor:
                 if path not in sys.path:
                     sys.path.append(path)
             raw = body.get("fn") or self.fn_bytes[fn_id]
-            fn = self.fns[fn_id] = ser.deserialize(raw)
+            fn = self.fns[fn_id] = ser.loads_code(raw)
         return fn
 
     def begin(self, body: dict) -> bool:
@@ -258,7 +258,7 @@ class Executor:
         self.set_devices(self.actor_gpu_ids, self.actor_resources)
         error = None
         try:
-            cls = ser.deserialize(body["cls"])
+            cls = ser.loads_code(body["cls"])
             args, kwargs = core.read_desc(body["args"])
             args = tuple(self._get_if_ref(a) for a in args)
             kwargs = {k: self._get_if_ref(v) for k, v in kwargs.items()}
