@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -109,9 +110,17 @@ def detect_gpus() -> int:
     if visible is not None:
         return len([d for d in visible.split(",") if d.strip()])
     try:
-        return len([d for d in os.listdir("/dev") if d.startswith("nvidia") and d[6:].isdigit()])
+        found = len([d for d in os.listdir("/dev") if d.startswith("nvidia") and d[6:].isdigit()])
     except OSError:
-        return 0
+        found = 0
+    if found == 0 and shutil.which("nvidia-smi"):  # e.g. sandboxes without /dev/nvidiaN
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
+                                 timeout=5, check=False).stdout
+            found = sum(1 for line in out.splitlines() if line.startswith("GPU "))
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return found
 
 
 class _State:

@@ -1,0 +1,64 @@
+"""GPU paths on a machine with NVIDIA GPUs (skipped where torch sees no CUDA device:
+CI has none; run these on the device machine)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import raylite as ray
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.timeout(120),
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+
+
+def test_gpus_detected_and_task_sees_only_its_device(cluster_gpu):
+    assert ray.cluster_resources().get("GPU", 0) == torch.cuda.device_count()
+
+    @ray.remote(num_gpus=1)
+    def on_gpu():
+        import torch
+
+        x = torch.ones(1024, device="cuda") * 2
+        return (os.environ["CUDA_VISIBLE_DEVICES"], torch.cuda.device_count(),
+                float(x.sum().item()), ray.get_gpu_ids())
+
+    visible, count, total, ids = ray.get(on_gpu.remote(), timeout=60)
+    assert count == 1 and total == 2048.0
+    assert visible == str(ids[0])
+
+
+def test_actor_with_gpu_holds_it(cluster_gpu):
+    @ray.remote(num_gpus=1)
+    class Model:
+        def __init__(self):
+            import torch
+
+            self.w = torch.randn(256, 256, device="cuda")
+
+        def run(self):
+            return float((self.w @ self.w).norm().item()), os.environ["CUDA_VISIBLE_DEVICES"]
+
+    m = Model.remote()
+    norm, visible = ray.get(m.run.remote(), timeout=60)
+    assert norm > 0 and visible != ""
+    assert ray.available_resources().get("GPU", 0) == torch.cuda.device_count() - 1
+
+
+def test_cpu_task_does_not_get_a_gpu(cluster_gpu):
+    @ray.remote(num_gpus=0)
+    def cpu_only():
+        return ray.get_gpu_ids()
+
+    assert ray.get(cpu_only.remote(), timeout=30) == []
+
+
+@pytest.fixture
+def cluster_gpu():
+    ctx = ray.init(num_cpus=4)
+    try:
+        yield ctx
+    finally:
+        ray.shutdown()
