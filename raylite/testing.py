@@ -69,3 +69,34 @@ def assert_no_leaks(timeout: float = 5.0) -> None:
         for p in raylite_processes():
             p.kill()
         raise AssertionError(f"leaked processes {procs} / shm {shm_leftovers()}") from None
+
+
+class SignalActor:
+    """Ray's test helper, as a plain class: ``wait`` blocks until ``send`` is called.
+    Use it as ``Signal = raylite.remote(num_cpus=0)(SignalActor)``."""
+
+    def __init__(self):
+        import asyncio
+
+        self.event = asyncio.Event()
+
+    async def send(self):
+        self.event.set()
+
+    async def wait(self):
+        await self.event.wait()
+
+
+class CounterActor:
+    """A counter to count calls or attempts across processes (make it an actor with
+    ``raylite.remote(num_cpus=0)(CounterActor)``)."""
+
+    def __init__(self):
+        self.n = 0
+
+    def incr(self):
+        self.n += 1
+        return self.n
+
+    def get(self):
+        return self.n

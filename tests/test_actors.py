@@ -18,7 +18,7 @@ import pytest
 
 import raylite as ray
 from raylite import exceptions as rexc
-from raylite.testing import wait_for_condition
+from raylite.testing import SignalActor, wait_for_condition
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -46,16 +46,7 @@ class Counter:
         raise ValueError(msg)
 
 
-@ray.remote(num_cpus=0)
-class Signal:
-    def __init__(self):
-        self.event = asyncio.Event()
-
-    async def send(self):
-        self.event.set()
-
-    async def wait(self):
-        await self.event.wait()
+Signal = ray.remote(num_cpus=0)(SignalActor)
 
 
 # ---------------------------------------------------------------- death and restarts

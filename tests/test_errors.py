@@ -8,7 +8,6 @@ module-scoped ``shared_cluster`` stays up from its first use to the end of the m
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -22,36 +21,21 @@ import pytest
 
 import raylite as ray
 from raylite import exceptions as rexc
-from raylite.testing import raylite_processes, shm_leftovers, wait_for_condition
+from raylite.testing import (
+    CounterActor,
+    SignalActor,
+    raylite_processes,
+    shm_leftovers,
+    wait_for_condition,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
 
-@ray.remote(num_cpus=0)
-class Attempts:
-    """Counts attempts of a task across retries."""
-
-    def __init__(self):
-        self.n = 0
-
-    def incr(self):
-        self.n += 1
-        return self.n
-
-    def get(self):
-        return self.n
+Attempts = ray.remote(num_cpus=0)(CounterActor)
 
 
-@ray.remote(num_cpus=0)
-class Signal:
-    def __init__(self):
-        self.event = asyncio.Event()
-
-    async def send(self):
-        self.event.set()
-
-    async def wait(self):
-        await self.event.wait()
+Signal = ray.remote(num_cpus=0)(SignalActor)
 
 
 # ---------------------------------------------------------------- init / shutdown

@@ -8,7 +8,6 @@ up from its first use to the end of the module, and ``init`` refuses a second cl
 
 from __future__ import annotations
 
-import asyncio
 import os
 import textwrap
 import threading
@@ -19,36 +18,15 @@ import pytest
 
 import raylite as ray
 from raylite import exceptions as rexc
-from raylite.testing import wait_for_condition
+from raylite.testing import CounterActor, SignalActor, wait_for_condition
 
 pytestmark = pytest.mark.timeout(30)
 
 
-@ray.remote(num_cpus=0)
-class Signal:
-    """Ray's SignalActor: ``wait`` blocks until ``send`` is called."""
-
-    def __init__(self):
-        self.event = asyncio.Event()
-
-    async def send(self):
-        self.event.set()
-
-    async def wait(self):
-        await self.event.wait()
+Signal = ray.remote(num_cpus=0)(SignalActor)
 
 
-@ray.remote(num_cpus=0)
-class Counter:
-    def __init__(self):
-        self.n = 0
-
-    def incr(self):
-        self.n += 1
-        return self.n
-
-    def get(self):
-        return self.n
+Counter = ray.remote(num_cpus=0)(CounterActor)
 
 
 # ---------------------------------------------------------------- own clusters: GPUs
@@ -202,6 +180,17 @@ def test_module_on_driver_sys_path_usable_in_tasks(cluster, tmp_path, monkeypatc
         return mod.helper(x)
 
     assert ray.get(use.remote(1), timeout=15) == 2
+
+
+def test_module_on_driver_sys_path_usable_in_actors(cluster, tmp_path, monkeypatch):
+    mod = _driver_only_module(tmp_path, monkeypatch, "def helper(x):\n    return x * 3\n")
+
+    @ray.remote
+    class User:
+        def use(self, x):
+            return mod.helper(x)
+
+    assert ray.get(User.remote().use.remote(2), timeout=15) == 6
 
 
 # ---------------------------------------------------------------- own clusters: two nodes

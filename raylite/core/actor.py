@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 
 from raylite.core import options as opt
 from raylite.core import serialization as ser
@@ -80,6 +81,7 @@ class ActorClass:
             "lifetime": options.get("lifetime"), "max_restarts": options.get("max_restarts", 0),
             "max_concurrency": conc, "get_if_exists": options.get("get_if_exists", False),
             "hold_cpu": options.get("num_cpus") is not None, "node_id": core.node_id,
+            "sys_path": [p for p in sys.path if p],  # the creator's import path, as for tasks
         }
         retries = options.get("max_task_retries", 0)
         info = core.create_actor(spec, args, kwargs, retries)

@@ -497,7 +497,7 @@ class Head:
         actor.worker = w
         spec = actor.spec
         body = {k: spec[k] for k in ("actor_id", "cls", "args", "meta", "max_concurrency",
-                                     "job_id", "name")}
+                                     "job_id", "name", "sys_path")}
         self.send(w.addr, P.BECOME_ACTOR, dict(body, gpu_ids=w.gpu_ids, resources=dict(w.held)))
 
     def on_actor_ready(self, body: dict) -> None:

@@ -73,9 +73,7 @@ class Executor:
         fn_id = body["fn_id"]
         fn = self.fns.get(fn_id)
         if fn is None:
-            for path in body.get("sys_path") or ():  # the owner's import path, as Ray does
-                if path not in sys.path:
-                    sys.path.append(path)
+            extend_sys_path(body.get("sys_path"))
             raw = body.get("fn") or self.fn_bytes[fn_id]
             fn = self.fns[fn_id] = ser.loads_code(raw)
         return fn
@@ -258,6 +256,7 @@ class Executor:
         self.set_devices(self.actor_gpu_ids, self.actor_resources)
         error = None
         try:
+            extend_sys_path(body.get("sys_path"))
             cls = ser.loads_code(body["cls"])
             args, kwargs = core.read_desc(body["args"])
             args = tuple(self._get_if_ref(a) for a in args)
@@ -383,6 +382,14 @@ class Executor:
             self.async_tasks[tid] = task
             task.add_done_callback(done)
         self.loop.call_soon_threadsafe(start)
+
+
+def extend_sys_path(paths) -> None:
+    """Add the submitter's import path (as Ray ships the driver's), so code it imports
+    from its own directories unpickles here."""
+    for path in paths or ():
+        if path not in sys.path:
+            sys.path.append(path)
 
 
 async def _collect_async(agen) -> list:
