@@ -138,6 +138,11 @@ class RuntimeEnvSetupError(RayliteError):
     """The task's runtime_env could not be set up."""
 
 
+class ZeroCopyTensorsWarning(UserWarning):
+    """A zero-copy torch tensor aliases the object store (treat it as read-only), or a
+    tensor had to be copied to be stored (it was not contiguous)."""
+
+
 class RayliteSystemError(RayliteError):
     """An internal error of the runtime (a bug, or a lost connection)."""
 
@@ -147,4 +152,5 @@ __all__ = [
     "ActorUnavailableError", "WorkerCrashedError", "NodeDiedError", "ObjectLostError",
     "OwnerDiedError", "ObjectFreedError", "GetTimeoutError", "TaskCancelledError",
     "ObjectStoreFullError", "OutOfMemoryError", "RuntimeEnvSetupError", "RayliteSystemError",
+    "ZeroCopyTensorsWarning",
 ]

@@ -62,3 +62,16 @@ def cluster_gpu():
         yield ctx
     finally:
         ray.shutdown()
+
+
+def test_cuda_tensor_restored_to_its_device_with_zero_copy():
+    from raylite.core import serialization
+
+    ray.init(num_cpus=2, enable_zero_copy_torch_tensors=True)
+    try:
+        t = torch.randn(1_000_000, device="cuda")
+        out = ray.get(ray.put(t))
+        assert out.device == t.device and torch.equal(out, t)
+    finally:
+        ray.shutdown()
+        serialization.set_zero_copy_torch(False)

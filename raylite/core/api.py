@@ -81,7 +81,8 @@ def _version() -> str:
 def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=None,
          labels=None, object_store_memory=None, namespace: str | None = None,
          ignore_reinit_error: bool = False, log_to_driver: bool = True, nodes=None,
-         runtime_env=None, _node_ip_address: str = "127.0.0.1", _token: str | None = None,
+         runtime_env=None, enable_zero_copy_torch_tensors: bool | None = None,
+         _node_ip_address: str = "127.0.0.1", _token: str | None = None,
          **_ignored) -> RayliteContext:
     """Start a local cluster (or connect to one with ``address``) and return its context.
 
@@ -90,6 +91,11 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
     be ``"auto"``, ``"host:port"`` or ``"tcp://host:port"``; a cluster that listens on a
     network interface needs its token (``_token`` or ``RAYLITE_TOKEN``). Options Ray has
     that raylite does not use (e.g. ``include_dashboard``) are accepted and ignored.
+
+    ``enable_zero_copy_torch_tensors=True`` (or ``RAYLITE_ENABLE_ZERO_COPY_TORCH_TENSORS=1``)
+    stores CPU torch tensors as uint8 views read back without a copy (Ray: the
+    ``RAY_ENABLE_ZERO_COPY_TORCH_TENSORS`` environment variable); the processes of a
+    cluster started here inherit the setting.
     """
     with _init_lock:
         if runtime.core is not None:
@@ -101,6 +107,10 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
             bad = [k for k in labels if k.startswith("raylite.io/")]
             if bad:
                 raise ValueError(f"Labels {bad} use the reserved prefix 'raylite.io/'")
+        if enable_zero_copy_torch_tensors is not None:
+            from raylite.core import serialization
+
+            serialization.set_zero_copy_torch(enable_zero_copy_torch_tensors)
         if address is None and os.environ.get("RAYLITE_ADDRESS"):
             address = os.environ["RAYLITE_ADDRESS"]
         if address is None:

@@ -13,14 +13,17 @@ A *descriptor* is how a value travels in messages and lives in an owner's table:
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import sys
 import threading
 import traceback
+import warnings
 
 import cloudpickle
 
-from raylite.exceptions import RayTaskError
+from raylite.exceptions import RayTaskError, ZeroCopyTensorsWarning
 
 _CORE_DIR = os.path.dirname(os.path.abspath(__file__))
 INLINE_LIMIT = 100 * 1024  # values bigger than this go to the shared-memory store (as Ray)
@@ -63,12 +66,92 @@ def serialize(value) -> Serialized:
     outer = getattr(_ctx, "refs", None)
     _ctx.refs = refs
     try:
-        meta = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        if zero_copy_torch_enabled() and "torch" in sys.modules:
+            f = io.BytesIO()
+            _TensorPickler(f, protocol=5, buffer_callback=buffers.append).dump(value)
+            meta = f.getvalue()
+        else:
+            meta = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     except Exception as e:
         raise _unpicklable_error(value, e) from e
     finally:
         _ctx.refs = outer
     return Serialized(meta, [b.raw() for b in buffers], refs)
+
+
+# ---------------------------------------------------------------- zero-copy torch tensors
+ZERO_COPY_ENV = "RAYLITE_ENABLE_ZERO_COPY_TORCH_TENSORS"
+_zero_copy = os.environ.get(ZERO_COPY_ENV, "") in ("1", "true", "True")
+_alias_warned = False
+
+
+def zero_copy_torch_enabled() -> bool:
+    return _zero_copy
+
+
+def set_zero_copy_torch(enabled: bool) -> None:
+    """Turn zero-copy tensor serialisation on or off in this process (and, through the
+    environment, in the processes it starts)."""
+    global _zero_copy
+    if enabled:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            warnings.warn("zero-copy torch tensors need torch; the option is ignored",
+                          ZeroCopyTensorsWarning, stacklevel=3)
+            enabled = False
+    _zero_copy = enabled
+    os.environ[ZERO_COPY_ENV] = "1" if enabled else "0"
+
+
+class _TensorPickler(cloudpickle.Pickler):
+    """cloudpickle, plus: a CPU torch tensor goes out of band as a uint8 NumPy view of its
+    bytes, with dtype, shape and device beside it (as Ray 2.53 does), so writing it to
+    the store is its only copy and reading it back on the node makes none."""
+
+    def reducer_override(self, obj):
+        if type(obj).__name__ == "Tensor" and type(obj).__module__ == "torch":
+            reduced = _reduce_tensor(obj)
+            if reduced is not None:
+                return reduced
+        return super().reducer_override(obj)
+
+
+def _reduce_tensor(t):
+    import torch
+
+    if t.layout != torch.strided or t.is_quantized or t.is_nested:
+        return None  # leave exotic tensors to torch's own pickling
+    device = str(t.device)
+    t = t.detach()  # requires_grad is not kept
+    if t.device.type != "cpu":
+        t = t.to("cpu")  # GPU tensors are copied to the CPU and restored on read
+    if not t.is_contiguous():
+        warnings.warn(f"a non-contiguous tensor of shape {tuple(t.shape)} was copied to be "
+                      "stored zero-copy; call .contiguous() first to avoid the copy",
+                      ZeroCopyTensorsWarning, stacklevel=2)
+        t = t.contiguous()
+    raw = t.reshape(-1).view(torch.uint8).numpy()
+    dtype = str(t.dtype).removeprefix("torch.")
+    return (_rebuild_tensor, (pickle.PickleBuffer(raw), dtype, tuple(t.shape), device))
+
+
+def _rebuild_tensor(buf, dtype: str, shape: tuple, device: str):
+    import numpy as np
+    import torch
+
+    global _alias_warned
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    if not raw.flags.writeable and not _alias_warned:
+        _alias_warned = True
+        warnings.warn("zero-copy tensors read from the object store alias its memory: treat "
+                      "them as read-only (writes go to private copy-on-write pages)",
+                      ZeroCopyTensorsWarning, stacklevel=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch: "array is not writable"
+        t = torch.from_numpy(raw)
+    t = t.view(getattr(torch, dtype)).reshape(shape)
+    return t if device == "cpu" else t.to(device)
 
 
 def note_ref_serialized(ref) -> None:

@@ -73,10 +73,13 @@ def read(path: str) -> tuple[bytes, list[memoryview]]:
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        m = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        # copy-on-write: a reader that writes into a zero-copy tensor gets private pages
+        # instead of a crash, and the stored object never changes; NumPy views are
+        # read-only anyway (the memoryview is)
+        m = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     finally:
         os.close(fd)
-    return parse_bytes(memoryview(m))
+    return parse_bytes(memoryview(m).toreadonly())
 
 
 def read_bytes(path: str) -> bytes:
