@@ -120,7 +120,8 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
             try:
                 info = driver.connect(cluster.address, session=cluster.session,
                                       namespace=namespace, log_to_driver=log_to_driver,
-                                      expect_nodes=len(cluster.agents))
+                                      expect_nodes=len(cluster.agents),
+                                      node_id=next(iter(cluster.agents)))
             except BaseException:
                 cluster.stop()
                 raise

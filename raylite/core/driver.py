@@ -11,6 +11,7 @@ import atexit
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -130,7 +131,7 @@ class _State:
 
 def connect(address: str, *, session: str | None = None, token: str | None = None,
             namespace: str | None = None, log_to_driver: bool = True, expect_nodes: int = 0,
-            bind_host: str = "127.0.0.1") -> dict:
+            bind_host: str = "127.0.0.1", node_id: str | None = None) -> dict:
     """Connect this process as a driver to the head at ``address``."""
     job_id = new_id().hex()[:8]
     core = CoreWorker(address, node_id="", session=session or "", job_id=job_id, token=token,
@@ -150,8 +151,10 @@ def connect(address: str, *, session: str | None = None, token: str | None = Non
         raise
     core.sync_events()
     core.session = info["session"]
-    local = [n for n in info["nodes"] if n["alive"]]
-    core.node_id = local[0]["node_id"] if local else ""
+    # the driver's node (where its puts go): the one it started first, else one on this host
+    alive = [n for n in info["nodes"] if n["alive"]]
+    here = [n for n in alive if n["host"] == socket.gethostname()] or alive
+    core.node_id = node_id or (here[0]["node_id"] if here else "")
     core.store_dir = store.node_dir(core.session, core.node_id)
     if log_to_driver:
         core.log_hook = print_worker_lines
