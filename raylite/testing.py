@@ -54,10 +54,12 @@ def raylite_processes() -> list[psutil.Process]:
 
 
 def shm_leftovers() -> list[str]:
-    root = store.SHM_ROOT
-    if root is None:
-        return []
-    return [n for n in os.listdir(root) if n.startswith("raylite_")]
+    """Session directories of object stores left in /dev/shm or the fallback root."""
+    found = []
+    for root in {store.SHM_ROOT, store.store_root()}:
+        if os.path.isdir(root):
+            found += [os.path.join(root, n) for n in os.listdir(root) if n.startswith("raylite_")]
+    return found
 
 
 def assert_no_leaks(timeout: float = 5.0) -> None:

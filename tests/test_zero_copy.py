@@ -139,3 +139,31 @@ def test_without_the_flag_tensors_round_trip_with_a_copy():
         out[0] = 1.0  # an ordinary, writable tensor
     finally:
         ray.shutdown()
+
+
+def test_store_falls_back_to_a_temp_dir_when_dev_shm_is_small(tmp_path, monkeypatch):
+    import tempfile
+
+    import numpy as np
+
+    from raylite.core import store
+
+    monkeypatch.delenv(store.ROOT_ENV, raising=False)
+    monkeypatch.setattr(store, "MIN_SHM_FREE", 1 << 62)  # /dev/shm is never big enough
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.warns(UserWarning, match="shm-size"):
+        ray.init(num_cpus=1)
+    try:
+        a = np.arange(1_000_000)
+        ref = ray.put(a)
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith("raylite_")]
+
+        @ray.remote
+        def total(x):
+            return int(x.sum())
+
+        assert ray.get(total.remote(ref), timeout=30) == int(a.sum())
+        assert np.array_equal(ray.get(ref), a)
+    finally:
+        ray.shutdown()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("raylite_")]

@@ -35,6 +35,7 @@ class LocalCluster:
     def __init__(self, session: str, host: str = "127.0.0.1", token: str | None = None,
                  detached: bool = False):
         self.session = session
+        store.store_root()  # decide where stores live; children inherit the choice
         self.host = host
         self.token = token
         self.detached = detached

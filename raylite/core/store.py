@@ -16,17 +16,45 @@ import mmap
 import os
 import shutil
 import struct
+import tempfile
+import warnings
 
 from raylite.core.serialization import Serialized
 
 MAGIC = b"RLOBJ001"
 _ALIGN = 64
-SHM_ROOT = "/dev/shm" if os.path.isdir("/dev/shm") else None
+SHM_ROOT = "/dev/shm"
+ROOT_ENV = "RAYLITE_STORE_ROOT"
+MIN_SHM_FREE = int(os.environ.get("RAYLITE_MIN_SHM_FREE", str(256 << 20)))
+
+
+def store_root() -> str:
+    """Where stores live: /dev/shm, or a temporary directory when /dev/shm is missing or
+    too small (Docker and Binder give 64 MiB). Decided once by the process that starts a
+    cluster and inherited through the environment, so every process agrees."""
+    root = os.environ.get(ROOT_ENV)
+    if root is None:
+        root = os.environ[ROOT_ENV] = _choose_root()
+    return root
+
+
+def _choose_root() -> str:
+    fallback = tempfile.gettempdir()
+    if not os.path.isdir(SHM_ROOT):
+        return fallback
+    st = os.statvfs(SHM_ROOT)
+    free = st.f_bavail * st.f_frsize
+    if free >= MIN_SHM_FREE:
+        return SHM_ROOT
+    warnings.warn(f"/dev/shm has only {free >> 20} MiB free, so raylite's object store uses "
+                  f"{fallback} instead (disk-backed: slower, and not zero-copy across "
+                  "processes' page cache misses). Give the machine or container more shared "
+                  "memory (e.g. `docker run --shm-size=2g`) to fix this.", stacklevel=3)
+    return fallback
 
 
 def session_dir(session: str) -> str:
-    root = SHM_ROOT or os.path.join(os.environ.get("TMPDIR", "/tmp"))
-    return os.path.join(root, f"raylite_{session}")
+    return os.path.join(store_root(), f"raylite_{session}")
 
 
 def node_dir(session: str, node_id: str) -> str:
@@ -50,22 +78,32 @@ def write(directory: str, name: str, s: Serialized) -> tuple[str, int]:
     size = max(pos, 1)
     path = os.path.join(directory, name)
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o600)
+    head = bytearray(header)
+    head[: len(MAGIC)] = MAGIC
+    struct.pack_into("<IQ", head, len(MAGIC), n, len(s.meta))
+    for i, (o, ln) in enumerate(table):
+        struct.pack_into("<QQ", head, len(MAGIC) + 12 + 16 * i, o, ln)
+    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
     try:
         os.ftruncate(fd, size)
-        with mmap.mmap(fd, size) as m:
-            struct.pack_into("<IQ", m, len(MAGIC), n, len(s.meta))
-            m[: len(MAGIC)] = MAGIC
-            off = len(MAGIC) + 12
-            for i, (o, ln) in enumerate(table):
-                struct.pack_into("<QQ", m, off + 16 * i, o, ln)
-            m[header: header + len(s.meta)] = s.meta
-            for (o, ln), b in zip(table, s.buffers, strict=False):
-                m[o: o + ln] = memoryview(b).cast("B")
+        # write(2), not a mapping: on tmpfs it runs at memcpy-into-fresh-memory speed,
+        # more than twice as fast as page-faulting a new mapping
+        _pwrite_all(fd, head, 0)
+        _pwrite_all(fd, s.meta, header)
+        for (o, _), b in zip(table, s.buffers, strict=True):
+            _pwrite_all(fd, memoryview(b).cast("B"), o)
     finally:
         os.close(fd)
     os.rename(tmp, path)
     return path, size
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    view = memoryview(data)
+    while view.nbytes:
+        n = os.pwrite(fd, view[: 1 << 30], offset)
+        view = view[n:]
+        offset += n
 
 
 def read(path: str) -> tuple[bytes, list[memoryview]]:

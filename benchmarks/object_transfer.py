@@ -1,0 +1,446 @@
+"""Object transfer benchmark: put / get / task-argument time from 1 KiB to 1 GiB, raylite
+beside Ray and beside a plain memcpy.
+
+Run from the repository root:
+
+    python benchmarks/object_transfer.py [--quick] [--no-ray] [--ray-python PATH]
+                                         [--only CONFIG ...]
+
+``--quick`` stops at 64 MiB and takes fewer repeats. Ray runs under ``--ray-python``,
+else ``$RAY_PYTHON``, else the current interpreter (it needs torch there too), and is
+skipped with a note when it cannot be imported.
+
+Payloads are float32 NumPy arrays or CPU torch tensors of 1K, 16K, 256K, 4M, 64M, 256M
+and 1G bytes, one size at a time. Each config runs in its own fresh subprocess:
+
+- raylite / Ray x NumPy, torch with zero-copy on, torch with zero-copy off (raylite:
+  ``init(enable_zero_copy_torch_tensors=...)``; Ray: ``RAY_ENABLE_ZERO_COPY_TORCH_TENSORS``
+  set or removed in the subprocess's environment before ``import ray``);
+- memcpy: ``np.copyto`` into a preallocated, already-touched array of the same size.
+
+Measured per size, as medians of repeats (after one discarded warm-up), freeing every
+object (``del``) between repeats:
+
+- put:   ``put(x)`` in the driver;
+- get:   ``get(ref)`` in the driver, same node, of one object put beforehand;
+- task:  a task on the driver's node receives a fresh ref as its argument and returns
+  a checksum of 3 elements: time from ``.remote()`` until ``get`` returns;
+- cross: the same, with the task pinned to a second virtual node (raylite starts two,
+  ``nodes=[...]`` and ``label_selector``). Ray has no virtual nodes: its cross row shows
+  its same-node task, marked ``*``.
+
+Results go to ``benchmarks/results/object_transfer.json`` (all samples, machine,
+versions, date) and a log-log plot of time against size, one panel per operation, to
+``benchmarks/results/object_transfer.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.core import ROOT, RESULTS, _kill_group, _shown, machine_info  # noqa: E402
+
+SIZES = [1 << 10, 1 << 14, 1 << 18, 1 << 22, 1 << 26, 1 << 28, 1 << 30]
+QUICK_MAX = 1 << 26
+OPS = ("put", "get", "task", "cross")
+OP_TITLES = {
+    "put": "put (driver)",
+    "get": "get (driver, same node)",
+    "task": "task argument, same node (round trip)",
+    "cross": "task argument, other virtual node (round trip)",
+}
+WORKER_TIMEOUT_S = 1800
+
+
+@dataclass(frozen=True)
+class Config:
+    framework: str  # "raylite", "ray" or "memcpy"
+    payload: str  # "numpy" or "torch"
+    zero_copy: bool | None = None  # torch only
+
+    @property
+    def key(self) -> str:
+        zc = {None: "", True: " zc", False: " copy"}[self.zero_copy]
+        return f"{self.framework} {self.payload}{zc}" if self.framework != "memcpy" else "memcpy"
+
+
+CONFIGS = [
+    Config(fw, payload, zc)
+    for fw in ("raylite", "ray")
+    for payload, zc in (("numpy", None), ("torch", True), ("torch", False))
+] + [Config("memcpy", "numpy")]
+
+
+def size_label(n: int) -> str:
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if n >= 1 << shift:
+            return f"{n >> shift}{unit}"
+    return str(n)
+
+
+def repeats_for(size: int, quick: bool, override: int | None) -> int:
+    if override:
+        return override
+    if size <= 1 << 18:
+        return 7 if quick else 21
+    return 3 if quick or size >= 1 << 28 else 7
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def _checksum(x: Any) -> float:
+    return float(x[0]) + float(x[len(x) // 2]) + float(x[-1])
+
+
+def _payload(kind: str, nbytes: int) -> Any:
+    if kind == "torch":
+        import torch
+
+        return torch.ones(nbytes // 4, dtype=torch.float32)
+    import numpy as np
+
+    return np.ones(nbytes // 4, dtype=np.float32)
+
+
+def _samples(sample: Callable[[], float], repeats: int) -> list[float]:
+    sample()  # warm-up, discarded
+    return [sample() for _ in range(repeats)]
+
+
+def measure_memcpy(sizes: list[int], reps: Callable[[int], int]) -> dict[str, Any]:
+    import numpy as np
+
+    out = {}
+    for size in sizes:
+        src, dst = _payload("numpy", size), np.zeros(size // 4, dtype=np.float32)
+
+        def copy() -> float:
+            start = time.perf_counter()
+            np.copyto(dst, src)
+            return time.perf_counter() - start
+
+        out[str(size)] = {"copy": _samples(copy, reps(size))}
+        del src, dst
+    return out
+
+
+def measure(cfg: Config, sizes: list[int], reps: Callable[[int], int]) -> dict[str, Any]:
+    """All operations for every size against ``cfg.framework`` in this process."""
+    fw = __import__(cfg.framework)
+    if cfg.framework == "ray":
+        fw.init(num_cpus=2, include_dashboard=False)
+        task_opts: dict[str, dict[str, Any]] = {"task": {}}
+    else:
+        kwargs = {} if cfg.zero_copy is None else {"enable_zero_copy_torch_tensors": cfg.zero_copy}
+        fw.init(
+            nodes=[
+                {"num_cpus": 1, "labels": {"side": "near"}},
+                {"num_cpus": 1, "labels": {"side": "far"}},
+            ],
+            **kwargs,
+        )
+        task_opts = {
+            "task": {"label_selector": {"side": "near"}},
+            "cross": {"label_selector": {"side": "far"}},
+        }
+    checksum = fw.remote(_checksum)
+    out: dict[str, Any] = {}
+    try:
+        for size in sizes:
+            x = _payload(cfg.payload, size)
+
+            def put() -> float:
+                start = time.perf_counter()
+                ref = fw.put(x)
+                elapsed = time.perf_counter() - start
+                del ref
+                return elapsed
+
+            def get(ref: Any) -> float:
+                start = time.perf_counter()
+                value = fw.get(ref)
+                elapsed = time.perf_counter() - start
+                assert type(value) is type(x) and _checksum(value) == 3.0, type(value)
+                del value
+                return elapsed
+
+            def task(opts: dict[str, Any]) -> float:
+                ref = fw.put(x)
+                start = time.perf_counter()
+                result = fw.get(checksum.options(**opts).remote(ref))
+                elapsed = time.perf_counter() - start
+                assert result == 3.0, result
+                del ref
+                return elapsed
+
+            n = reps(size)
+            res = {"put": _samples(put, n)}
+            ref = fw.put(x)
+            res["get"] = _samples(lambda: get(ref), n)  # noqa: B023
+            del ref
+            for op, opts in task_opts.items():
+                res[op] = _samples(lambda: task(opts), n)  # noqa: B023
+            out[str(size)] = res
+            del x
+            gc.collect()
+            print(f"{cfg.key} {size_label(size)} done", flush=True)
+    finally:
+        fw.shutdown()
+    return out
+
+
+def versions(cfg: Config) -> dict[str, str]:
+    mods = ["numpy"] + (["torch"] if cfg.payload == "torch" else [])
+    mods += [] if cfg.framework == "memcpy" else [cfg.framework]
+    return {m: getattr(__import__(m), "__version__", "unknown") for m in mods}
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    cfg = next(c for c in CONFIGS if c.key == args.config)
+    try:
+        vers = versions(cfg)
+    except ImportError as exc:
+        result: dict[str, Any] = {"skipped": f"cannot import: {exc}"}
+    else:
+        sizes = [s for s in SIZES if s <= args.max_size]
+        reps = lambda size: repeats_for(size, args.quick, args.repeats)  # noqa: E731
+        run = measure_memcpy if cfg.framework == "memcpy" else lambda *a: measure(cfg, *a)
+        result = {
+            "versions": vers,
+            "python": platform.python_version(),
+            "executable": sys.executable,
+            "env": {k: v for k, v in os.environ.items() if "ZERO_COPY" in k},
+            "samples": run(sizes, reps),
+        }
+    Path(args.out).write_text(json.dumps(result))
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def run_worker(cfg: Config, python: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Measure one config in a fresh subprocess (own session); never leave processes behind."""
+    env = dict(os.environ, RAY_DISABLE_USAGE_STATS="1")
+    env.pop("RAY_ENABLE_ZERO_COPY_TORCH_TENSORS", None)
+    env.pop("RAYLITE_ENABLE_ZERO_COPY_TORCH_TENSORS", None)
+    if cfg.framework == "ray" and cfg.zero_copy:
+        env["RAY_ENABLE_ZERO_COPY_TORCH_TENSORS"] = "1"
+    if cfg.framework == "raylite":  # importable from a checkout without installing
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.json")
+        cmd = [python, str(Path(__file__).resolve()), "--worker", "--config", cfg.key,
+               "--max-size", str(args.max_size), "--out", out]
+        cmd += (["--quick"] if args.quick else []) + (
+            ["--repeats", str(args.repeats)] if args.repeats else [])
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        log: list[str] = []
+        start = time.monotonic()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # progress lines; the rest is kept for errors
+                log.append(line)
+                if line.endswith(" done\n"):
+                    print(f"  {line.strip()}  ({time.monotonic() - start:.0f} s)", flush=True)
+                if time.monotonic() - start > WORKER_TIMEOUT_S:
+                    raise subprocess.TimeoutExpired(cmd, WORKER_TIMEOUT_S)
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            return {"skipped": f"timed out after {WORKER_TIMEOUT_S} s", "log": "".join(log)[-3000:]}
+        finally:
+            _kill_group(proc.pid)  # whatever the framework left in the worker's session
+        if proc.returncode != 0 or not os.path.exists(out):
+            return {"skipped": f"worker failed (exit {proc.returncode})",
+                    "log": "".join(log)[-3000:]}
+        result = json.loads(Path(out).read_text())
+        result["wall_s"] = round(time.monotonic() - start, 1)
+        return result
+
+
+def summarize(samples: list[float], size: int) -> dict[str, float]:
+    med = statistics.median(samples)
+    return {"median_s": med, "min_s": min(samples), "max_s": max(samples), "GBps": size / med / 1e9}
+
+
+def _time(s: float) -> str:
+    for unit, scale in (("s", 1), ("ms", 1e-3), ("us", 1e-6)):
+        if s >= scale or unit == "us":
+            return f"{s / scale:.3g} {unit}"
+    raise AssertionError
+
+
+def stat(results: dict[str, Any], key: str, size: int, op: str) -> dict[str, float] | None:
+    """Summary of one measurement; memcpy's copy stands for every op, Ray's same-node task
+    for its missing cross-node one."""
+    per_size = results.get(key, {}).get("stats", {}).get(str(size), {})
+    if key == "memcpy":
+        op = "copy"
+    elif key.startswith("ray ") and op == "cross":
+        op = "task"
+    return per_size.get(op)
+
+
+def print_tables(results: dict[str, Any], sizes: list[int]) -> None:
+    keys = [k for k, r in results.items() if "stats" in r]
+    for op in OPS:
+        print(f"\n{OP_TITLES[op]}: median time and bandwidth (GB/s)")
+        print(f"{'size':>6}" + "".join(f"{k:>21}" for k in keys))
+        for size in sizes:
+            cells = []
+            for k in keys:
+                s = stat(results, k, size, op)
+                mark = "*" if op == "cross" and k.startswith("ray ") else ""
+                cells.append(f"{_time(s['median_s'])} {s['GBps']:6.2f}{mark}" if s else "-")
+            print(f"{size_label(size):>6}" + "".join(f"{c:>21}" for c in cells))
+    print("* Ray has no virtual nodes: same-node task round trip.")
+    print("memcpy: np.copyto into a preallocated array, shown in every table.")
+    for key, r in results.items():
+        if "skipped" in r:
+            print(f"note: {key} not measured: {r['skipped']}")
+
+
+def print_targets(results: dict[str, Any]) -> None:
+    """Issue #3's targets, read at the nearest sizes measured here."""
+    M, G = 1 << 20, 1 << 30
+
+    def med(key: str, size: int, op: str) -> float | None:
+        s = stat(results, key, size, op)
+        return s and s["median_s"]
+
+    checks = [
+        (f"put {k} 64M >= 8 GB/s", med(f"raylite {k}", 64 * M, "put"), 64 * M / 8e9)
+        for k in ("numpy", "torch zc", "torch copy")
+    ] + [
+        (f"get {k} 1G <= 0.3 ms", med(f"raylite {k}", G, "get"), 3e-4)
+        for k in ("numpy", "torch zc")
+    ] + [
+        ("get torch copy 1G <= 0.2 s", med("raylite torch copy", G, "get"), 0.2),
+        ("cross numpy 1G >= 2 GB/s", med("raylite numpy", G, "cross"), G / 2e9),
+    ]
+    flat = [med("raylite numpy", s, "get") for s in (4 * M, G)]
+    print("\nraylite against issue #3's targets:")
+    for label, value, limit in checks:
+        verdict = "-" if value is None else ("ok" if value <= limit else "MISSED")
+        shown = "-" if value is None else _time(value)
+        print(f"  {label:<30}{shown:>12}  {verdict}")
+    if None not in flat:
+        ok = "ok" if flat[1] <= 3 * flat[0] else "MISSED"
+        print(f"  {'get numpy 1G within 3x of 4M':<30}{flat[1] / flat[0]:>11.2f}x  {ok}")
+
+
+def plot(results: dict[str, Any], sizes: list[int], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plot skipped: matplotlib is not installed")
+        return
+    colors = {"numpy": "tab:blue", "torch zc": "tab:orange", "torch copy": "tab:green"}
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9), sharex=True, sharey=True)
+    for ax, op in zip(axes.flat, OPS, strict=True):
+        for key, r in results.items():
+            if "stats" not in r:
+                continue
+            pts = [(s, st["median_s"]) for s in sizes if (st := stat(results, key, s, op))]
+            if not pts:
+                continue
+            fw, _, payload = key.partition(" ")
+            label = key + (" (same node)" if op == "cross" and fw == "ray" else "")
+            style = {"raylite": ("-", "o"), "ray": ("--", "s"), "memcpy": (":", "")}[fw]
+            ax.plot(*zip(*pts, strict=True), linestyle=style[0], marker=style[1], markersize=4,
+                    color=colors.get(payload, "black"), label=label)
+        ax.set(xscale="log", yscale="log", title=OP_TITLES[op])
+        ax.set_xticks(sizes, [size_label(s) for s in sizes])
+        ax.minorticks_off()
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes[1]:
+        ax.set_xlabel("object size (bytes)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("median time (s)")
+    fig.suptitle("Object transfer: raylite (solid) vs Ray (dashed) vs memcpy (dotted)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"saved {_shown(path)}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="stop at 64M, fewer repeats")
+    p.add_argument("--repeats", type=int, help="repeats for every size (default: by size)")
+    p.add_argument("--no-ray", action="store_true", help="skip the Ray configs")
+    p.add_argument("--only", nargs="+", metavar="CONFIG", choices=[c.key for c in CONFIGS],
+                   help="measure only these configs")
+    p.add_argument("--ray-python", default=os.environ.get("RAY_PYTHON", sys.executable),
+                   help="interpreter with ray and torch installed (default: $RAY_PYTHON, "
+                        "else this one)")
+    p.add_argument("--json", type=Path, default=RESULTS / "object_transfer.json")
+    p.add_argument("--png", type=Path, default=RESULTS / "object_transfer.png")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--config", help=argparse.SUPPRESS)
+    p.add_argument("--max-size", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.max_size = args.max_size or (QUICK_MAX if args.quick else SIZES[-1])
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        worker_main(args)
+        return
+    started = time.monotonic()
+    sizes = [s for s in SIZES if s <= args.max_size]
+    results: dict[str, Any] = {}
+    for cfg in CONFIGS:
+        if (args.only and cfg.key not in args.only) or (args.no_ray and cfg.framework == "ray"):
+            continue
+        python = args.ray_python if cfg.framework == "ray" else sys.executable
+        print(f"measuring {cfg.key} with {python} ...", flush=True)
+        result = run_worker(cfg, python, args)
+        if "samples" in result:
+            result["stats"] = {
+                size: {op: summarize(v, int(size)) for op, v in ops.items()}
+                for size, ops in result["samples"].items()
+            }
+        elif "log" in result:
+            print(result["log"], file=sys.stderr)
+        results[cfg.key] = {"config": asdict(cfg), **result}
+    print_tables(results, sizes)
+    print_targets(results)
+    total = time.monotonic() - started
+    print(f"\ntotal wall time {total:.0f} s")
+    report = {
+        "machine": machine_info(),
+        "config": {"sizes": sizes, "quick": args.quick, "repeats": args.repeats,
+                   "wall_s": round(total, 1)},
+        "results": results,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"saved {_shown(args.json)}")
+    if args.png:
+        plot(results, sizes, args.png)
+
+
+if __name__ == "__main__":
+    main()
