@@ -45,14 +45,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.core import ROOT, RESULTS, _kill_group, _shown, machine_info  # noqa: E402
+from benchmarks.core import RESULTS, ROOT, _kill_group, _shown, machine_info  # noqa: E402
 
 SIZES = [1 << 10, 1 << 14, 1 << 18, 1 << 22, 1 << 26, 1 << 28, 1 << 30]
 QUICK_MAX = 1 << 26
@@ -64,6 +66,7 @@ OP_TITLES = {
     "cross": "task argument, other virtual node (round trip)",
 }
 WORKER_TIMEOUT_S = 1800
+SETTLE_S = 3.0  # after init, before timing
 
 
 @dataclass(frozen=True)
@@ -122,19 +125,21 @@ def _samples(sample: Callable[[], float], repeats: int) -> list[float]:
     return [sample() for _ in range(repeats)]
 
 
+def _copy_time(src: Any, dst: Any) -> float:
+    import numpy as np
+
+    start = time.perf_counter()
+    np.copyto(dst, src)
+    return time.perf_counter() - start
+
+
 def measure_memcpy(sizes: list[int], reps: Callable[[int], int]) -> dict[str, Any]:
     import numpy as np
 
     out = {}
     for size in sizes:
         src, dst = _payload("numpy", size), np.zeros(size // 4, dtype=np.float32)
-
-        def copy() -> float:
-            start = time.perf_counter()
-            np.copyto(dst, src)
-            return time.perf_counter() - start
-
-        out[str(size)] = {"copy": _samples(copy, reps(size))}
+        out[str(size)] = {"copy": _samples(partial(_copy_time, src, dst), reps(size))}
         del src, dst
     return out
 
@@ -146,13 +151,13 @@ def measure(cfg: Config, sizes: list[int], reps: Callable[[int], int]) -> dict[s
         fw.init(num_cpus=2, include_dashboard=False)
         task_opts: dict[str, dict[str, Any]] = {"task": {}}
     else:
-        kwargs = {} if cfg.zero_copy is None else {"enable_zero_copy_torch_tensors": cfg.zero_copy}
+        zc = {} if cfg.zero_copy is None else {"enable_zero_copy_torch_tensors": cfg.zero_copy}
         fw.init(
             nodes=[
                 {"num_cpus": 1, "labels": {"side": "near"}},
                 {"num_cpus": 1, "labels": {"side": "far"}},
             ],
-            **kwargs,
+            **zc,
         )
         task_opts = {
             "task": {"label_selector": {"side": "near"}},
@@ -161,47 +166,56 @@ def measure(cfg: Config, sizes: list[int], reps: Callable[[int], int]) -> dict[s
     checksum = fw.remote(_checksum)
     out: dict[str, Any] = {}
     try:
-        for size in sizes:
+        # Let start-up finish (Ray prestarts workers) before anything is timed.
+        fw.get([checksum.options(**o).remote([1.0, 1.0, 1.0]) for o in task_opts.values()])
+        time.sleep(SETTLE_S)
+        for size in sizes:  # one payload alive at a time
             x = _payload(cfg.payload, size)
-
-            def put() -> float:
-                start = time.perf_counter()
-                ref = fw.put(x)
-                elapsed = time.perf_counter() - start
-                del ref
-                return elapsed
-
-            def get(ref: Any) -> float:
-                start = time.perf_counter()
-                value = fw.get(ref)
-                elapsed = time.perf_counter() - start
-                assert type(value) is type(x) and _checksum(value) == 3.0, type(value)
-                del value
-                return elapsed
-
-            def task(opts: dict[str, Any]) -> float:
-                ref = fw.put(x)
-                start = time.perf_counter()
-                result = fw.get(checksum.options(**opts).remote(ref))
-                elapsed = time.perf_counter() - start
-                assert result == 3.0, result
-                del ref
-                return elapsed
-
-            n = reps(size)
-            res = {"put": _samples(put, n)}
-            ref = fw.put(x)
-            res["get"] = _samples(lambda: get(ref), n)  # noqa: B023
-            del ref
-            for op, opts in task_opts.items():
-                res[op] = _samples(lambda: task(opts), n)  # noqa: B023
-            out[str(size)] = res
+            out[str(size)] = measure_size(fw, checksum, task_opts, x, reps(size))
             del x
             gc.collect()
             print(f"{cfg.key} {size_label(size)} done", flush=True)
     finally:
         fw.shutdown()
     return out
+
+
+def measure_size(
+    fw: Any, checksum: Any, task_opts: dict[str, dict[str, Any]], x: Any, n: int
+) -> dict[str, list[float]]:
+    """put, get and task samples for payload ``x``; every object is freed before the next."""
+
+    def put() -> float:
+        start = time.perf_counter()
+        ref = fw.put(x)
+        elapsed = time.perf_counter() - start
+        del ref
+        return elapsed
+
+    def get(ref: Any) -> float:
+        start = time.perf_counter()
+        value = fw.get(ref)
+        elapsed = time.perf_counter() - start
+        assert type(value) is type(x) and _checksum(value) == 3.0, type(value)
+        del value
+        return elapsed
+
+    def task(opts: dict[str, Any]) -> float:
+        ref = fw.put(x)  # a fresh object each time, so each sample transfers it
+        start = time.perf_counter()
+        result = fw.get(checksum.options(**opts).remote(ref))
+        elapsed = time.perf_counter() - start
+        assert result == 3.0, result
+        del ref
+        return elapsed
+
+    res = {"put": _samples(put, n)}
+    ref = fw.put(x)
+    res["get"] = _samples(partial(get, ref), n)
+    del ref
+    for op, opts in task_opts.items():
+        res[op] = _samples(partial(task, opts), n)
+    return res
 
 
 def versions(cfg: Config) -> dict[str, str]:
@@ -244,30 +258,50 @@ def run_worker(cfg: Config, python: str, args: argparse.Namespace) -> dict[str, 
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
-        cmd = [python, str(Path(__file__).resolve()), "--worker", "--config", cfg.key,
-               "--max-size", str(args.max_size), "--out", out]
+        cmd = [
+            python,
+            str(Path(__file__).resolve()),
+            "--worker",
+            "--config",
+            cfg.key,
+            "--max-size",
+            str(args.max_size),
+            "--out",
+            out,
+        ]
         cmd += (["--quick"] if args.quick else []) + (
-            ["--repeats", str(args.repeats)] if args.repeats else [])
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            ["--repeats", str(args.repeats)] if args.repeats else []
+        )
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         log: list[str] = []
         start = time.monotonic()
+        timer = threading.Timer(WORKER_TIMEOUT_S, _kill_group, [proc.pid])
+        timer.start()
         try:
             assert proc.stdout is not None
             for line in proc.stdout:  # progress lines; the rest is kept for errors
                 log.append(line)
                 if line.endswith(" done\n"):
                     print(f"  {line.strip()}  ({time.monotonic() - start:.0f} s)", flush=True)
-                if time.monotonic() - start > WORKER_TIMEOUT_S:
-                    raise subprocess.TimeoutExpired(cmd, WORKER_TIMEOUT_S)
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            return {"skipped": f"timed out after {WORKER_TIMEOUT_S} s", "log": "".join(log)[-3000:]}
+            proc.wait()
         finally:
+            timer.cancel()
             _kill_group(proc.pid)  # whatever the framework left in the worker's session
+        if time.monotonic() - start >= WORKER_TIMEOUT_S:
+            return {"skipped": f"timed out after {WORKER_TIMEOUT_S} s", "log": "".join(log)[-3000:]}
         if proc.returncode != 0 or not os.path.exists(out):
-            return {"skipped": f"worker failed (exit {proc.returncode})",
-                    "log": "".join(log)[-3000:]}
+            return {
+                "skipped": f"worker failed (exit {proc.returncode})",
+                "log": "".join(log)[-3000:],
+            }
         result = json.loads(Path(out).read_text())
         result["wall_s"] = round(time.monotonic() - start, 1)
         return result
@@ -279,10 +313,9 @@ def summarize(samples: list[float], size: int) -> dict[str, float]:
 
 
 def _time(s: float) -> str:
-    for unit, scale in (("s", 1), ("ms", 1e-3), ("us", 1e-6)):
-        if s >= scale or unit == "us":
-            return f"{s / scale:.3g} {unit}"
-    raise AssertionError
+    if s >= 1:
+        return f"{s:.3g} s"
+    return f"{s * 1e3:.3g} ms" if s >= 1e-3 else f"{s * 1e6:.3g} us"
 
 
 def stat(results: dict[str, Any], key: str, size: int, op: str) -> dict[str, float] | None:
@@ -316,32 +349,29 @@ def print_tables(results: dict[str, Any], sizes: list[int]) -> None:
 
 
 def print_targets(results: dict[str, Any]) -> None:
-    """Issue #3's targets, read at the nearest sizes measured here."""
+    """Issue #3's targets for raylite, read at the nearest sizes measured here."""
     M, G = 1 << 20, 1 << 30
-
-    def med(key: str, size: int, op: str) -> float | None:
-        s = stat(results, key, size, op)
-        return s and s["median_s"]
-
-    checks = [
-        (f"put {k} 64M >= 8 GB/s", med(f"raylite {k}", 64 * M, "put"), 64 * M / 8e9)
-        for k in ("numpy", "torch zc", "torch copy")
-    ] + [
-        (f"get {k} 1G <= 0.3 ms", med(f"raylite {k}", G, "get"), 3e-4)
-        for k in ("numpy", "torch zc")
-    ] + [
-        ("get torch copy 1G <= 0.2 s", med("raylite torch copy", G, "get"), 0.2),
-        ("cross numpy 1G >= 2 GB/s", med("raylite numpy", G, "cross"), G / 2e9),
-    ]
-    flat = [med("raylite numpy", s, "get") for s in (4 * M, G)]
+    checks = [  # label, config, size, op, limit (s)
+        *[(f"put {p} 64M >= 8 GB/s", f"raylite {p}", 64 * M, "put", 64 * M / 8e9)
+          for p in ("numpy", "torch zc", "torch copy")],
+        *[(f"get {p} 1G <= 0.3 ms", f"raylite {p}", G, "get", 3e-4)
+          for p in ("numpy", "torch zc")],
+        ("get torch copy 1G <= 0.2 s", "raylite torch copy", G, "get", 0.2),
+        ("cross numpy 1G >= 2 GB/s", "raylite numpy", G, "cross", G / 2e9),
+    ]  # fmt: skip
     print("\nraylite against issue #3's targets:")
-    for label, value, limit in checks:
-        verdict = "-" if value is None else ("ok" if value <= limit else "MISSED")
-        shown = "-" if value is None else _time(value)
-        print(f"  {label:<30}{shown:>12}  {verdict}")
+    for label, key, size, op, limit in checks:
+        st = stat(results, key, size, op)
+        if st is None:
+            print(f"  {label:<30}  not measured")
+            continue
+        verdict = "ok" if st["median_s"] <= limit else "MISSED"
+        print(f"  {label:<30}{_time(st['median_s']):>10} {st['GBps']:8.2f} GB/s  {verdict}")
+    flat = [stat(results, "raylite numpy", size, "get") for size in (4 * M, G)]
     if None not in flat:
-        ok = "ok" if flat[1] <= 3 * flat[0] else "MISSED"
-        print(f"  {'get numpy 1G within 3x of 4M':<30}{flat[1] / flat[0]:>11.2f}x  {ok}")
+        ratio = flat[1]["median_s"] / flat[0]["median_s"]
+        verdict = "ok" if ratio <= 3 else "MISSED"
+        print(f"  {'get numpy 1G within 3x of 4M':<30}{ratio:>9.2f}x {'':14}{verdict}")
 
 
 def plot(results: dict[str, Any], sizes: list[int], path: Path) -> None:
@@ -365,8 +395,14 @@ def plot(results: dict[str, Any], sizes: list[int], path: Path) -> None:
             fw, _, payload = key.partition(" ")
             label = key + (" (same node)" if op == "cross" and fw == "ray" else "")
             style = {"raylite": ("-", "o"), "ray": ("--", "s"), "memcpy": (":", "")}[fw]
-            ax.plot(*zip(*pts, strict=True), linestyle=style[0], marker=style[1], markersize=4,
-                    color=colors.get(payload, "black"), label=label)
+            ax.plot(
+                *zip(*pts, strict=True),
+                linestyle=style[0],
+                marker=style[1],
+                markersize=4,
+                color=colors.get(payload, "black"),
+                label=label,
+            )
         ax.set(xscale="log", yscale="log", title=OP_TITLES[op])
         ax.set_xticks(sizes, [size_label(s) for s in sizes])
         ax.minorticks_off()
@@ -387,11 +423,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="stop at 64M, fewer repeats")
     p.add_argument("--repeats", type=int, help="repeats for every size (default: by size)")
     p.add_argument("--no-ray", action="store_true", help="skip the Ray configs")
-    p.add_argument("--only", nargs="+", metavar="CONFIG", choices=[c.key for c in CONFIGS],
-                   help="measure only these configs")
-    p.add_argument("--ray-python", default=os.environ.get("RAY_PYTHON", sys.executable),
-                   help="interpreter with ray and torch installed (default: $RAY_PYTHON, "
-                        "else this one)")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        metavar="CONFIG",
+        choices=[c.key for c in CONFIGS],
+        help="measure only these configs",
+    )
+    p.add_argument(
+        "--ray-python",
+        default=os.environ.get("RAY_PYTHON", sys.executable),
+        help="interpreter with ray and torch installed (default: $RAY_PYTHON, else this one)",
+    )
     p.add_argument("--json", type=Path, default=RESULTS / "object_transfer.json")
     p.add_argument("--png", type=Path, default=RESULTS / "object_transfer.png")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -430,9 +473,13 @@ def main(argv: list[str] | None = None) -> None:
     total = time.monotonic() - started
     print(f"\ntotal wall time {total:.0f} s")
     report = {
-        "machine": machine_info(),
-        "config": {"sizes": sizes, "quick": args.quick, "repeats": args.repeats,
-                   "wall_s": round(total, 1)},
+        "machine": {**machine_info(), "loadavg_at_end": os.getloadavg()},
+        "config": {
+            "sizes": sizes,
+            "quick": args.quick,
+            "repeats": args.repeats,
+            "wall_s": round(total, 1),
+        },
         "results": results,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)

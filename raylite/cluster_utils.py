@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 
 from raylite.core import protocol as P
+from raylite.core import store
 from raylite.core.driver import LocalCluster, query_head
 from raylite.testing import wait_for_condition
 
@@ -66,9 +67,11 @@ class Cluster:
         return handle
 
     def remove_node(self, node: NodeHandle, allow_graceful: bool = False) -> None:
-        """Kill the node's agent (SIGKILL) and so its workers; the head notices by missed
-        heartbeats and retries its tasks elsewhere."""
+        """Kill the node's agent (SIGKILL) and so its workers, and drop its object store
+        (a lost machine loses its memory); the head notices by missed heartbeats, tasks
+        are retried elsewhere and lost objects rebuilt from lineage."""
         self._local.kill_node(node.node_id)
+        store.remove_dir(store.node_dir(self._local.session, node.node_id))
         self._nodes.remove(node)
 
     def list_all_nodes(self) -> list[NodeHandle]:

@@ -183,6 +183,7 @@ class CoreWorker:
         self._lease_by_worker: dict[str, _Lease] = {}
         self._task_time: dict[tuple, float] = {}  # scheduling key -> moving average run time
         self._spread_keys: set[tuple] = set()
+        self._lineage: dict[bytes, _Task] = {}  # finished tasks whose results are in stores
         self._lease_opts: dict[tuple, tuple] = {}
         self._actors: dict[bytes, _Actor] = {}
         self._streams: dict[bytes, _Stream] = {}
@@ -322,6 +323,7 @@ class CoreWorker:
                         and not entry.callbacks and (entry.desc is not None or entry.owner):
                     del self._objects[oid]
                     self._free_desc(entry)
+                    self._lineage.pop(oid[:16], None)
 
     def _free_desc(self, entry: _Entry) -> None:
         desc = entry.desc
@@ -750,6 +752,8 @@ class CoreWorker:
                 return
             del self._tasks[tid]
             self._finish(t, body)
+            if t.retries != 0 and any(d[0] == "s" for d in body.get("results") or ()):
+                self._lineage[tid] = t  # kept to rebuild its results if their node dies
             if lease is not None:
                 self._dispatch(t.key)
 
@@ -1096,7 +1100,39 @@ class CoreWorker:
     @property
     def _event_handlers(self):
         return {P.EV_ACTOR: self._on_actor_event, P.EV_OWNER_DIED: self._on_owner_died,
-                P.EV_LOG: self._on_log, P.EV_NODE: lambda b, _: None, P.EV_PING: self._on_ping}
+                P.EV_LOG: self._on_log, P.EV_NODE: self._on_node_event, P.EV_PING: self._on_ping}
+
+    def _on_node_event(self, body, _bufs) -> None:
+        """A node died: objects we own that lived only in its store are lost. Rebuild
+        those a retryable task produced by running it again (lineage reconstruction, as
+        Ray does); the rest raise ObjectLostError when read."""
+        if body["alive"]:
+            return
+        dead = body["node_id"]
+        with self._lock:
+            rerun: dict[bytes, _Task] = {}
+            for oid, entry in list(self._objects.items()):
+                desc = entry.desc
+                if entry.owner is not None or desc is None or desc[0] != "s" or desc[1] != dead:
+                    continue
+                t = self._lineage.get(oid[:16])
+                if t is not None and t.retries != 0:
+                    entry.desc = None
+                    rerun[t.task_id] = t
+                else:
+                    entry.desc = ser.error_descriptor(exc.ObjectLostError(
+                        oid.hex(), f"Object {oid.hex()} was lost: its node {dead} died and "
+                        "it cannot be rebuilt (it was put, or its task has no retries left)."))
+            for tid, t in rerun.items():
+                del self._lineage[tid]
+                t.retries -= 1
+                t.lease = None
+                for i in range(t.nret):  # results still on live nodes are recomputed too
+                    e = self._objects.get(return_id(tid, i))
+                    if e is not None:
+                        e.desc = None
+                self._tasks[tid] = t
+                self._enqueue(t)
 
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
         self.send_head(P.KILL_ACTOR, {"actor_id": actor_id, "no_restart": no_restart})
