@@ -6,7 +6,6 @@ import html
 import os
 import threading
 
-from raylite import exceptions as exc
 from raylite.core import driver, runtime
 from raylite.core import protocol as P
 from raylite.core.actor import ActorClass, ActorHandle
@@ -344,7 +343,3 @@ def get_runtime_context() -> RuntimeContext:
 
 def get_gpu_ids() -> list[int]:
     return list(runtime.task_context.gpu_ids)
-
-
-def _raise_not_ready(*_):
-    raise exc.RayliteSystemError("raylite is not initialized")

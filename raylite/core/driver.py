@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import uuid
 
 from raylite import exceptions as exc
@@ -204,19 +203,6 @@ def start_local(num_cpus=None, num_gpus=None, resources=None, labels=None, nodes
     for spec in specs:
         cluster.add_node(**spec, warm=warm)
     return cluster
-
-
-def stop_local(cluster: LocalCluster) -> None:
-    cluster.stop()
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 atexit_registered = False
