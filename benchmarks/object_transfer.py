@@ -312,6 +312,10 @@ def summarize(samples: list[float], size: int) -> dict[str, float]:
     return {"median_s": med, "min_s": min(samples), "max_s": max(samples), "GBps": size / med / 1e9}
 
 
+def _gbps(bw: float) -> str:
+    return f"{bw:6,.0f}" if bw >= 100 else f"{bw:6.2f}"
+
+
 def _time(s: float) -> str:
     if s >= 1:
         return f"{s:.3g} s"
@@ -339,7 +343,7 @@ def print_tables(results: dict[str, Any], sizes: list[int]) -> None:
             for k in keys:
                 s = stat(results, k, size, op)
                 mark = "*" if op == "cross" and k.startswith("ray ") else ""
-                cells.append(f"{_time(s['median_s'])} {s['GBps']:6.2f}{mark}" if s else "-")
+                cells.append(f"{_time(s['median_s'])} {_gbps(s['GBps'])}{mark}" if s else "-")
             print(f"{size_label(size):>6}" + "".join(f"{c:>21}" for c in cells))
     print("* Ray has no virtual nodes: same-node task round trip.")
     print("memcpy: np.copyto into a preallocated array, shown in every table.")
@@ -366,7 +370,7 @@ def print_targets(results: dict[str, Any]) -> None:
             print(f"  {label:<30}  not measured")
             continue
         verdict = "ok" if st["median_s"] <= limit else "MISSED"
-        print(f"  {label:<30}{_time(st['median_s']):>10} {st['GBps']:8.2f} GB/s  {verdict}")
+        print(f"  {label:<30}{_time(st['median_s']):>10} {_gbps(st['GBps']):>8} GB/s  {verdict}")
     flat = [stat(results, "raylite numpy", size, "get") for size in (4 * M, G)]
     if None not in flat:
         ratio = flat[1]["median_s"] / flat[0]["median_s"]
@@ -451,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         worker_main(args)
         return
-    started = time.monotonic()
+    started, load_at_start = time.monotonic(), os.getloadavg()
     sizes = [s for s in SIZES if s <= args.max_size]
     results: dict[str, Any] = {}
     for cfg in CONFIGS:
@@ -473,7 +477,7 @@ def main(argv: list[str] | None = None) -> None:
     total = time.monotonic() - started
     print(f"\ntotal wall time {total:.0f} s")
     report = {
-        "machine": {**machine_info(), "loadavg_at_end": os.getloadavg()},
+        "machine": {**machine_info(), "loadavg": {"start": load_at_start, "end": os.getloadavg()}},
         "config": {
             "sizes": sizes,
             "quick": args.quick,

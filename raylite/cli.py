@@ -20,11 +20,16 @@ import secrets
 import signal
 import sys
 import time
-import uuid
 
 from raylite.core import protocol as P
 from raylite.core import store
-from raylite.core.driver import SESSION_FILE_DIR, LocalCluster, query_head, resolve_address
+from raylite.core.driver import (
+    SESSION_FILE_DIR,
+    LocalCluster,
+    new_session_id,
+    query_head,
+    resolve_address,
+)
 
 CLUSTER_FILE = os.path.join(SESSION_FILE_DIR, "cluster.json")
 PIDS_DIR = os.path.join(SESSION_FILE_DIR, "pids")
@@ -62,7 +67,7 @@ def cmd_start(args) -> int:
     if args.head:
         token = args.token or (None if host in ("127.0.0.1", "localhost")
                                else secrets.token_hex(16))
-        cluster = LocalCluster(uuid.uuid4().hex[:10], host=host, token=token, detached=True)
+        cluster = LocalCluster(new_session_id(), host=host, token=token, detached=True)
         cluster.start_head(args.port)
         cluster.add_node(**_node_args(args))
         address = cluster.address

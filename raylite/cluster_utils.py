@@ -6,11 +6,9 @@ node kills its agent (and so its workers), as losing a machine would.
 
 from __future__ import annotations
 
-import uuid
-
 from raylite.core import protocol as P
 from raylite.core import store
-from raylite.core.driver import LocalCluster, query_head
+from raylite.core.driver import LocalCluster, new_session_id, query_head
 from raylite.testing import wait_for_condition
 
 
@@ -34,7 +32,7 @@ class Cluster:
 
     def __init__(self, initialize_head: bool = False, connect: bool = False,
                  head_node_args: dict | None = None):
-        self._local = LocalCluster(uuid.uuid4().hex[:10])
+        self._local = LocalCluster(new_session_id())
         self._local.start_head()
         self._nodes: list[NodeHandle] = []
         self._connected = False

@@ -55,10 +55,11 @@ def raylite_processes() -> list[psutil.Process]:
 
 def shm_leftovers() -> list[str]:
     """Session directories of object stores left in /dev/shm or the fallback root."""
+    prefix = f"raylite_{os.environ[ROOT_ENV]}-" if ROOT_ENV in os.environ else "raylite_"
     found = []
     for root in {store.SHM_ROOT, store.store_root()}:
         if os.path.isdir(root):
-            found += [os.path.join(root, n) for n in os.listdir(root) if n.startswith("raylite_")]
+            found += [os.path.join(root, n) for n in os.listdir(root) if n.startswith(prefix)]
     return found
 
 

@@ -28,6 +28,13 @@ SESSION_FILE_DIR = os.path.join(os.environ.get("TMPDIR", "/tmp"), "raylite")
 LOG_DIR = os.path.join(SESSION_FILE_DIR, "logs")
 
 
+def new_session_id() -> str:
+    """A session id; it starts with the pid of the process tree's root (a test run, a
+    notebook kernel), so tools can tell whose stores are whose."""
+    root = os.environ.get("RAYLITE_ROOT_PID", str(os.getpid()))
+    return f"{root}-{uuid.uuid4().hex[:8]}"
+
+
 class LocalCluster:
     """The processes of a cluster this driver started: a head and its node agents."""
 
@@ -196,7 +203,7 @@ def auto_init():
 
 def start_local(num_cpus=None, num_gpus=None, resources=None, labels=None, nodes=None,
                 warm=None) -> LocalCluster:
-    cluster = LocalCluster(uuid.uuid4().hex[:10])
+    cluster = LocalCluster(new_session_id())
     cluster.start_head()
     specs = nodes or [{"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources,
                        "labels": labels}]
