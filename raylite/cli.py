@@ -64,6 +64,8 @@ def _node_args(args) -> dict:
 
 def cmd_start(args) -> int:
     host = args.node_ip_address
+    if args.object_store_memory:
+        os.environ[store.CAPACITY_ENV] = str(args.object_store_memory)
     if args.head:
         token = args.token or (None if host in ("127.0.0.1", "localhost")
                                else secrets.token_hex(16))
@@ -170,6 +172,8 @@ def main(argv=None) -> int:
     st.add_argument("--num-gpus", type=float)
     st.add_argument("--resources", help='JSON, e.g. \'{"custom": 2}\'')
     st.add_argument("--labels", help="k=v,k2=v2")
+    st.add_argument("--object-store-memory", type=int,
+                    help="bytes of shared memory per node before objects spill to disk")
     st.add_argument("--node-ip-address", default="127.0.0.1",
                     help="interface to listen on (default 127.0.0.1; anything else needs a token)")
     st.add_argument("--token", default=os.environ.get("RAYLITE_TOKEN"))

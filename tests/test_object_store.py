@@ -70,7 +70,7 @@ def _store_bytes(session: str) -> int:
     return total
 
 
-def test_put_del_loop_keeps_store_usage_bounded(shared_cluster):
+def test_put_del_loop_keeps_store_usage_bounded(cluster):
     """Freed objects leave the store: 2,000 puts of 10 MB (20 GB in all) never hold more
     than a few objects' worth of shared memory."""
     chunk = np.ones(10 * 1024 * 1024, dtype=np.uint8)
@@ -79,12 +79,12 @@ def test_put_del_loop_keeps_store_usage_bounded(shared_cluster):
         ref = ray.put(chunk)
         del ref
         if i % 100 == 0:
-            peak = max(peak, _store_bytes(shared_cluster.session))
-    wait_for_condition(lambda: _store_bytes(shared_cluster.session) == 0, timeout=10)
+            peak = max(peak, _store_bytes(cluster.session))
+    wait_for_condition(lambda: _store_bytes(cluster.session) == 0, timeout=10)
     assert peak < 200 * 1024 * 1024
 
 
-def test_referenced_object_is_never_freed(shared_cluster):
+def test_referenced_object_is_never_freed(cluster):
     keep = ray.put(np.arange(1_000_000))
     outer = ray.put({"inner": keep})
     del keep
@@ -93,3 +93,38 @@ def test_referenced_object_is_never_freed(shared_cluster):
         del del_me
     inner = ray.get(outer)["inner"]
     assert int(ray.get(inner).sum()) == sum(range(1_000_000))
+
+
+@pytest.fixture
+def small_store():
+    from raylite.core import store
+
+    ctx = ray.init(num_cpus=1, object_store_memory=40 * 1024 * 1024)
+    try:
+        yield ctx
+    finally:
+        ray.shutdown()
+    assert not os.path.exists(store.spill_root(ctx.session))  # spilled files are removed
+
+
+def test_full_store_spills_oldest_objects_and_reads_them_back(small_store):
+    from raylite.core import store
+
+    arrays = [np.full(2 * 1024 * 1024, i, dtype=np.float32) for i in range(10)]  # 8 MiB each
+    refs = [ray.put(a) for a in arrays]
+    spill = store.spill_root(small_store.session)
+    assert _store_bytes(small_store.session) <= 40 * 1024 * 1024
+    assert sum(len(files) for _, _, files in os.walk(spill)) >= 5  # the oldest went to disk
+
+    @ray.remote
+    def first(x):
+        return float(x[0])
+
+    assert ray.get([first.remote(r) for r in refs], timeout=30) == [float(i) for i in range(10)]
+    assert all(np.array_equal(ray.get(r), a) for r, a in zip(refs, arrays, strict=True))
+
+
+def test_object_larger_than_the_store_is_a_clear_error(small_store):
+    with pytest.raises(ray.exceptions.ObjectStoreFullError, match="object_store_memory"):
+        ray.put(np.ones(64 * 1024 * 1024, dtype=np.uint8))
+    assert ray.get(ray.put(7)) == 7  # the store still works

@@ -200,6 +200,7 @@ class Agent:
             pass
         self.wait_gone(list(self.children))
         store.remove_dir(self.store_dir)
+        store.remove_dir(os.path.join(store.spill_root(self.session), self.node_id))
         try:
             os.rmdir(store.session_dir(self.session))
         except OSError:

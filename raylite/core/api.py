@@ -6,7 +6,7 @@ import html
 import os
 import threading
 
-from raylite.core import driver, runtime
+from raylite.core import driver, runtime, store
 from raylite.core import protocol as P
 from raylite.core.actor import ActorClass, ActorHandle
 from raylite.core.object_ref import ObjectRef, ObjectRefGenerator
@@ -91,6 +91,9 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
     network interface needs its token (``_token`` or ``RAYLITE_TOKEN``). Options Ray has
     that raylite does not use (e.g. ``include_dashboard``) are accepted and ignored.
 
+    ``object_store_memory`` caps each node's store: the oldest objects spill to disk
+    (read back transparently); an object that cannot fit raises ObjectStoreFullError.
+
     ``enable_zero_copy_torch_tensors=True`` (or ``RAYLITE_ENABLE_ZERO_COPY_TORCH_TENSORS=1``)
     stores CPU torch tensors as uint8 views read back without a copy (Ray: the
     ``RAY_ENABLE_ZERO_COPY_TORCH_TENSORS`` environment variable); the processes of a
@@ -106,6 +109,13 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
             bad = [k for k in labels if k.startswith("raylite.io/")]
             if bad:
                 raise ValueError(f"Labels {bad} use the reserved prefix 'raylite.io/'")
+        if object_store_memory is not None:
+            if address is not None:
+                raise ValueError("object_store_memory applies to a cluster init() starts; "
+                                 "pass it to `raylite start` for an existing one")
+            os.environ[store.CAPACITY_ENV] = str(int(object_store_memory))
+        else:
+            os.environ.pop(store.CAPACITY_ENV, None)
         if enable_zero_copy_torch_tensors is not None:
             from raylite.core import serialization
 

@@ -344,6 +344,9 @@ class CoreWorker:
         if s.size <= ser.INLINE_LIMIT:
             return ("i", s.meta, [bytes(b) for b in s.buffers])
         os.makedirs(self.store_dir, exist_ok=True)
+        cap = store.capacity()
+        if cap is not None:
+            store.make_room(self.store_dir, s.size + 4096, cap)
         path, size = store.write(self.store_dir, oid.hex(), s)
         return ("s", self.node_id, path, size)
 

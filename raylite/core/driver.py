@@ -104,6 +104,7 @@ class LocalCluster:
         stop_processes(procs)
         self.agents.clear()
         store.remove_dir(store.session_dir(self.session))
+        store.remove_dir(store.spill_root(self.session))
 
 
 def node_resources(num_cpus=None, num_gpus=None, resources=None) -> dict:

@@ -107,8 +107,12 @@ def _pwrite_all(fd: int, data, offset: int) -> None:
 
 
 def read(path: str) -> tuple[bytes, list[memoryview]]:
-    """Map an object file; returns its meta and read-only views of its buffers."""
-    fd = os.open(path, os.O_RDONLY)
+    """Map an object file (from the store, or from disk if it was spilled); returns its
+    meta and read-only views of its buffers."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        fd = os.open(spill_path(path), os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
         # copy-on-write: a reader that writes into a zero-copy tensor gets private pages
@@ -142,10 +146,66 @@ def parse_bytes(data) -> tuple[bytes, list[memoryview]]:
 
 
 def delete(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    for p in (path, spill_path(path)):
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
+# ---------------------------------------------------------------- capacity and spilling
+CAPACITY_ENV = "RAYLITE_OBJECT_STORE_MEMORY"
+
+
+def capacity() -> int | None:
+    """The per-node store capacity in bytes (``init(object_store_memory=...)``), or None."""
+    value = os.environ.get(CAPACITY_ENV)
+    return int(value) if value else None
+
+
+def spill_root(session: str) -> str:
+    return os.path.join(tempfile.gettempdir(), f"raylite_spill_{session}")
+
+
+def spill_path(path: str) -> str:
+    """Where an object of a node's store goes when spilled: a disk directory beside the
+    store (same session and node names)."""
+    node_dir_, name = os.path.split(path)
+    session_dir_, node = os.path.split(node_dir_)
+    session = os.path.basename(session_dir_).removeprefix("raylite_")
+    return os.path.join(spill_root(session), node, name)
+
+
+def make_room(directory: str, need: int, cap: int) -> None:
+    """Spill the oldest objects of ``directory`` to disk until ``need`` more bytes fit in
+    ``cap``; raise ObjectStoreFullError when even an empty store could not hold them.
+    Readers find spilled objects on disk; a reader that has an object mapped keeps its
+    view (the memory is released when it unmaps)."""
+    entries = [e for e in os.scandir(directory) if not e.name.endswith(".tmp")]
+    sizes = {e.path: e.stat().st_size for e in entries}
+    used = sum(sizes.values())
+    if used + need <= cap:
+        return
+    for e in sorted(entries, key=lambda e: e.stat().st_mtime_ns):
+        if used + need <= cap:
+            return
+        target = spill_path(e.path)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            shutil.copyfile(e.path, target + ".tmp")
+            os.rename(target + ".tmp", target)
+            os.unlink(e.path)
+        except FileNotFoundError:
+            pass  # freed meanwhile
+        used -= sizes[e.path]
+    if used + need > cap:
+        from raylite.exceptions import ObjectStoreFullError
+
+        raise ObjectStoreFullError(
+            f"The object store of this node cannot hold an object of {need:,} bytes: its "
+            f"capacity (object_store_memory) is {cap:,} bytes, and {used:,} stay in use "
+            "after spilling every other object to disk. Raise object_store_memory or store "
+            "smaller objects.")
 
 
 def remove_dir(directory: str) -> None:
