@@ -128,3 +128,35 @@ def test_object_larger_than_the_store_is_a_clear_error(small_store):
     with pytest.raises(ray.exceptions.ObjectStoreFullError, match="object_store_memory"):
         ray.put(np.ones(64 * 1024 * 1024, dtype=np.uint8))
     assert ray.get(ray.put(7)) == 7  # the store still works
+
+
+def _transfers(node_id: str) -> int:
+    from raylite.core.api import _cluster_info
+
+    return next(n for n in _cluster_info()["nodes"] if n["node_id"] == node_id)["transfers"]
+
+
+def test_cross_node_get_pulls_once_and_serves_later_readers_locally(two_nodes):
+    """Four concurrent readers on the other node: one chunked transfer, a local copy."""
+    from raylite.core import store
+
+    far = next(n["NodeID"] for n in ray.nodes() if n["Labels"].get("zone") == "b")
+    here = ray.get_runtime_context().get_node_id()
+    assert far != here
+    data = np.random.default_rng(0).random(5_000_000)  # 40 MB: several chunks
+    ref = ray.put(data)
+
+    @ray.remote(num_cpus=0.25, label_selector={"zone": "b"})
+    def checksum(x):
+        return ray.get_runtime_context().get_node_id(), float(x.sum())
+
+    results = ray.get([checksum.remote(ref) for _ in range(4)], timeout=60)
+    assert {node for node, _ in results} == {far}
+    assert all(total == pytest.approx(float(data.sum())) for _, total in results)
+    copy = os.path.join(store.node_dir(two_nodes.session, far), ref.hex())
+    assert os.path.exists(copy)
+    wait_for_condition(lambda: _transfers(far) >= 1, timeout=5)  # reported with heartbeats
+    assert _transfers(far) == 1
+    inode = os.stat(copy).st_ino
+    assert ray.get(checksum.remote(ref), timeout=30)[1] == pytest.approx(float(data.sum()))
+    assert os.stat(copy).st_ino == inode  # read from the local copy, not pulled again

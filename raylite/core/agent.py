@@ -24,6 +24,7 @@ import time
 from raylite.core import protocol as P
 from raylite.core import store
 from raylite.core.osutil import die_with_parent, drain_fd, signal_wakeup_fd
+from raylite.core.transfer import Transfers
 
 log = logging.getLogger("raylite.agent")
 
@@ -130,14 +131,6 @@ class Agent:
             except ProcessLookupError:
                 pass
 
-    def on_fetch(self, body: dict) -> None:
-        try:
-            data = store.read_bytes(body["path"])
-            reply = {"req_id": body["req_id"], "value": data}
-        except OSError as e:
-            reply = {"req_id": body["req_id"], "error": e}
-        self.outbox.send(body["reply_to"], P.encode(P.REPLY, reply))
-
     def on_shutdown(self, body: dict) -> None:
         self.running = False
 
@@ -149,12 +142,14 @@ class Agent:
         self.transport = Transport(self.token, self.bind_host)
         self.outbox = Outbox(self.transport)
         self.inbox, self.addr = self.transport.bind()
+        self.transfers = Transfers(self)
         self.send_head(P.REGISTER_NODE, {
             "node_id": self.node_id, "addr": self.addr, "resources": self.resources,
             "labels": self.labels, "host": socket.gethostname(), "pid": os.getpid(),
             "warm": self.warm})
         handlers = {P.SPAWN_WORKER: self.on_spawn, P.KILL_WORKER: self.on_kill_worker,
-                    P.FETCH: self.on_fetch, P.SHUTDOWN: self.on_shutdown}
+                    P.PULL: self.transfers.on_pull,
+                    P.FETCH_CHUNK: self.transfers.on_fetch_chunk, P.SHUTDOWN: self.on_shutdown}
         poller = self.poller = zmq.Poller()
         poller.register(self.inbox, zmq.POLLIN)
         poller.register(self.zygote_sock.fileno(), zmq.POLLIN)
@@ -171,8 +166,11 @@ class Agent:
                         frames = self.inbox.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    mtype, body, _ = P.decode(frames)
-                    handlers[mtype](body)
+                    mtype, body, bufs = P.decode(frames)
+                    if mtype == P.CHUNK:
+                        self.transfers.on_chunk(body, bufs)
+                    else:
+                        handlers[mtype](body)
             if wake in ready:
                 drain_fd(wake)
             if self.zygote_sock.fileno() in ready:
@@ -185,7 +183,8 @@ class Agent:
             now = time.monotonic()
             if now - last_beat > HEARTBEAT_S:
                 last_beat = now
-                self.send_head(P.HEARTBEAT, {"node_id": self.node_id})
+                self.send_head(P.HEARTBEAT, {"node_id": self.node_id,
+                                             "transfers": self.transfers.completed})
         self.stop()
 
     def stop(self) -> None:

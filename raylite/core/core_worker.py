@@ -459,31 +459,43 @@ class CoreWorker:
         if kind == "i":
             return ser.deserialize(desc[1], desc[2])
         if kind == "s":
+            path = desc[2] if desc[1] == self.node_id else self._local_copy(desc[1], desc[2])
             try:
-                meta, bufs = store.read(desc[2])
+                meta, bufs = store.read(path)
             except FileNotFoundError:
-                meta, bufs = self._fetch_remote(desc)
+                raise exc.ObjectLostError(
+                    oid.hex() if oid else "", f"The object stored at {path} is gone (freed, "
+                    "or its node died).") from None
             return ser.deserialize(meta, bufs)
         err = ser.deserialize(desc[1])
         if isinstance(err, exc.RayTaskError):
             raise err.as_instanceof_cause()
         raise err
 
-    def _fetch_remote(self, desc: tuple):
-        """Read an object held by another host's store through that node's agent."""
-        node_id, path = desc[1], desc[2]
+    def _agent_addr(self, node_id: str) -> str | None:
         addr = self._node_addrs.get(node_id)
         if addr is None:
             info = self.request_head(P.CLUSTER_INFO, {})
             self._node_addrs = {n["node_id"]: n["addr"] for n in info["nodes"] if n["alive"]}
             addr = self._node_addrs.get(node_id)
-        if addr is None:
+        return addr
+
+    def _local_copy(self, node_id: str, path: str) -> str:
+        """The path of a copy of another node's object in this node's store, pulled there
+        by this node's agent first if needed (one transfer however many readers ask)."""
+        local = os.path.join(self.store_dir, os.path.basename(path))
+        if os.path.exists(local):
+            return local
+        src, mine = self._agent_addr(node_id), self._agent_addr(self.node_id)
+        if src is None or mine is None:
             raise exc.ObjectLostError("", f"The node {node_id} holding {path} is gone.")
-        body = {"path": path}
+        body = {"src_path": path, "src_addr": src}
         fut = self._new_request(body)
-        self.outbox.send(addr, P.encode(P.FETCH, body))
-        data = fut.result(60)
-        return store.parse_bytes(data)
+        self.outbox.send(mine, P.encode(P.PULL, body))
+        try:
+            return fut.result(600)
+        except FileNotFoundError as e:
+            raise exc.ObjectLostError("", str(e)) from None
 
     def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None):
         with self._lock:

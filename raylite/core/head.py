@@ -42,6 +42,7 @@ class Node:
         self.available = dict(self.total)
         self.labels = dict(body.get("labels", {}))
         self.alive = True
+        self.transfers = 0  # objects pulled from other nodes
         self.last_seen = time.monotonic()
         self.idle: dict[str, list] = collections.defaultdict(list)  # env_key -> [Worker]
         self.waiting_spawn: dict[str, collections.deque] = collections.defaultdict(
@@ -60,7 +61,7 @@ class Node:
         return {"node_id": self.node_id, "addr": self.addr, "host": self.host,
                 "alive": self.alive, "resources": dict(self.total),
                 "available": dict(self.available), "labels": dict(self.labels),
-                "pid": self.pid}
+                "pid": self.pid, "transfers": self.transfers}
 
 
 class Worker:
@@ -250,6 +251,7 @@ class Head:
             node = self.nodes.get(body["node_id"])
             if node is not None:
                 node.last_seen = time.monotonic()
+                node.transfers = body.get("transfers", 0)
         elif body.get("job_id") in self.drivers:
             self.drivers[body["job_id"]]["last_seen"] = time.monotonic()
 

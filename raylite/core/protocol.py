@@ -62,7 +62,9 @@ CANCEL = b"cancel"                      # owner -> worker core inbox: task_id, f
 # --- objects -------------------------------------------------------------------------
 GET_OBJECT = b"get_object"              # borrower -> owner: oid, reply_to
 OBJECT = b"object"                      # owner -> borrower: oid, value descriptor
-FETCH = b"fetch"                        # reader -> agent: path, reply_to, req_id
+PULL = b"pull"                          # reader -> its agent: src_path, src_addr, reply_to
+FETCH_CHUNK = b"fetch_chunk"            # agent -> source agent: path, offset, length, dest
+CHUNK = b"chunk"                        # source agent -> agent: dest, offset, size + frame
 WAKE = b"wake"                          # a process to its own inbox: wake the IO thread
 
 _dumps = pickle.dumps

@@ -124,11 +124,6 @@ def read(path: str) -> tuple[bytes, list[memoryview]]:
     return parse_bytes(memoryview(m).toreadonly())
 
 
-def read_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def parse_bytes(data) -> tuple[bytes, list[memoryview]]:
     """Split an object file's bytes (mapped, or fetched from another node) into meta and
     views of its buffers."""

@@ -1,0 +1,126 @@
+"""Cross-node object transfer, run by the node agents.
+
+A reader on node B that needs an object stored on node A asks B's agent to *pull* it.
+The agent fetches the object file from A's agent in chunks (each chunk one ZeroMQ frame
+sent without a copy), writes them into B's store, and answers every reader that asked
+meanwhile: concurrent readers of one object cause one transfer, and later readers on B
+find the local copy. Chunks are pipelined (a window of requests in flight).
+"""
+
+from __future__ import annotations
+
+import os
+
+from raylite.core import protocol as P
+from raylite.core import store
+
+CHUNK = 8 << 20
+WINDOW = 4
+
+
+class Pull:
+    __slots__ = ("path", "src", "src_addr", "tmp", "fd", "size", "next_offset", "received",
+                 "waiters")
+
+    def __init__(self, path: str, src: str, src_addr: str):
+        self.path = path          # where the copy goes on this node
+        self.src = src            # the object's path on the source node
+        self.src_addr = src_addr  # the source node's agent
+        self.tmp = path + ".pull"
+        self.fd = None
+        self.size = None
+        self.next_offset = 0
+        self.received = 0
+        self.waiters: list[dict] = []
+
+
+class Transfers:
+    """The pulling side (for this node's readers) and the serving side (for others)."""
+
+    def __init__(self, agent):
+        self.agent = agent
+        self.pulls: dict[str, Pull] = {}
+        self.completed = 0  # transfers finished (reported with heartbeats)
+
+    # ------------------------------------------------------------------ pulling
+    def on_pull(self, body: dict) -> None:
+        local = os.path.join(self.agent.store_dir, os.path.basename(body["src_path"]))
+        if os.path.exists(local):
+            self._answer(body, local, None)
+            return
+        pull = self.pulls.get(local)
+        if pull is None:
+            pull = self.pulls[local] = Pull(local, body["src_path"], body["src_addr"])
+            pull.waiters.append(body)
+            self._request(pull)  # the first chunk tells the size; then a window
+        else:
+            pull.waiters.append(body)
+
+    def _request(self, pull: Pull) -> None:
+        offset = pull.next_offset
+        pull.next_offset += CHUNK
+        self.agent.outbox.send(pull.src_addr, P.encode(P.FETCH_CHUNK, {
+            "path": pull.src, "offset": offset, "length": CHUNK, "dest": pull.path,
+            "reply_to": self.agent.addr}))
+
+    def on_chunk(self, body: dict, bufs: list) -> None:
+        pull = self.pulls.get(body["dest"])
+        if pull is None:
+            return
+        if body.get("error"):
+            self._finish(pull, error=body["error"])
+            return
+        if pull.fd is None:
+            pull.size = body["size"]
+            pull.fd = os.open(pull.tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+            os.ftruncate(pull.fd, pull.size)
+            while pull.next_offset < pull.size and \
+                    (pull.next_offset - body["offset"]) // CHUNK < WINDOW:
+                self._request(pull)
+        data = bufs[0] if bufs else b""
+        store._pwrite_all(pull.fd, data, body["offset"])
+        pull.received += len(data)
+        if pull.received >= pull.size:
+            os.close(pull.fd)
+            pull.fd = None
+            os.rename(pull.tmp, pull.path)
+            self.completed += 1
+            self._finish(pull)
+        elif pull.next_offset < pull.size:
+            self._request(pull)
+
+    def _finish(self, pull: Pull, error: str | None = None) -> None:
+        del self.pulls[pull.path]
+        if pull.fd is not None:
+            os.close(pull.fd)
+            store.delete(pull.tmp)
+        for body in pull.waiters:
+            self._answer(body, pull.path, error)
+
+    def _answer(self, body: dict, local: str, error: str | None) -> None:
+        reply = {"req_id": body["req_id"], "value": None if error else local,
+                 "error": FileNotFoundError(error) if error else None}
+        self.agent.outbox.send(body["reply_to"], P.encode(P.REPLY, reply))
+
+    # ------------------------------------------------------------------ serving
+    def on_fetch_chunk(self, body: dict) -> None:
+        reply = {"dest": body["dest"], "offset": body["offset"]}
+        try:
+            fd = _open_object(body["path"])
+        except FileNotFoundError:
+            reply["error"] = f"object file {body['path']} is gone from its node"
+            self.agent.outbox.send(body["reply_to"], P.encode(P.CHUNK, reply))
+            return
+        try:
+            reply["size"] = os.fstat(fd).st_size
+            data = os.pread(fd, body["length"], body["offset"])
+        finally:
+            os.close(fd)
+        self.agent.outbox.send(body["reply_to"], P.encode(P.CHUNK, reply, [data]))
+
+
+def _open_object(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return os.open(store.spill_path(path), os.O_RDONLY)
