@@ -29,9 +29,10 @@ object (``del``) between repeats:
   ``nodes=[...]`` and ``label_selector``). Ray has no virtual nodes: its cross row shows
   its same-node task, marked ``*``.
 
-Results go to ``benchmarks/results/object_transfer.json`` (all samples, machine,
-versions, date) and a log-log plot of time against size, one panel per operation, to
-``benchmarks/results/object_transfer.png``.
+A ``get`` that takes over 2 minutes counts as a hang: the config's larger sizes are
+skipped and the error is reported. Results go to ``benchmarks/results/object_transfer.json``
+(all samples, machine, versions, date) and a log-log plot of time against size, one
+panel per operation, to ``benchmarks/results/object_transfer.png``.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ OP_TITLES = {
     "task": "task argument, same node (round trip)",
     "cross": "task argument, other virtual node (round trip)",
 }
-WORKER_TIMEOUT_S = 1800
+WORKER_TIMEOUT_S = 900
+GET_TIMEOUT_S = 120  # a get slower than this counts as a hang: larger sizes are skipped
 SETTLE_S = 3.0  # after init, before timing
 
 
@@ -171,9 +173,16 @@ def measure(cfg: Config, sizes: list[int], reps: Callable[[int], int]) -> dict[s
         time.sleep(SETTLE_S)
         for size in sizes:  # one payload alive at a time
             x = _payload(cfg.payload, size)
-            out[str(size)] = measure_size(fw, checksum, task_opts, x, reps(size))
-            del x
-            gc.collect()
+            res = out[str(size)] = {}
+            try:
+                measure_size(fw, checksum, task_opts, x, reps(size), res)
+            except Exception as e:  # keep what was measured; the cluster may be broken
+                res["error"] = f"{type(e).__name__}: {e}"
+                print(f"{cfg.key} {size_label(size)} failed: {res['error']}", flush=True)
+                break
+            finally:
+                del x
+                gc.collect()
             print(f"{cfg.key} {size_label(size)} done", flush=True)
     finally:
         fw.shutdown()
@@ -181,9 +190,10 @@ def measure(cfg: Config, sizes: list[int], reps: Callable[[int], int]) -> dict[s
 
 
 def measure_size(
-    fw: Any, checksum: Any, task_opts: dict[str, dict[str, Any]], x: Any, n: int
-) -> dict[str, list[float]]:
-    """put, get and task samples for payload ``x``; every object is freed before the next."""
+    fw: Any, checksum: Any, task_opts: dict[str, dict[str, Any]], x: Any, n: int, res: dict
+) -> None:
+    """put, get and task samples for payload ``x`` into ``res``; every object is freed
+    before the next."""
 
     def put() -> float:
         start = time.perf_counter()
@@ -194,7 +204,7 @@ def measure_size(
 
     def get(ref: Any) -> float:
         start = time.perf_counter()
-        value = fw.get(ref)
+        value = fw.get(ref, timeout=GET_TIMEOUT_S)
         elapsed = time.perf_counter() - start
         assert type(value) is type(x) and _checksum(value) == 3.0, type(value)
         del value
@@ -203,19 +213,18 @@ def measure_size(
     def task(opts: dict[str, Any]) -> float:
         ref = fw.put(x)  # a fresh object each time, so each sample transfers it
         start = time.perf_counter()
-        result = fw.get(checksum.options(**opts).remote(ref))
+        result = fw.get(checksum.options(**opts).remote(ref), timeout=GET_TIMEOUT_S)
         elapsed = time.perf_counter() - start
         assert result == 3.0, result
         del ref
         return elapsed
 
-    res = {"put": _samples(put, n)}
+    res["put"] = _samples(put, n)
     ref = fw.put(x)
     res["get"] = _samples(partial(get, ref), n)
     del ref
     for op, opts in task_opts.items():
         res[op] = _samples(partial(task, opts), n)
-    return res
 
 
 def versions(cfg: Config) -> dict[str, str]:
@@ -350,6 +359,9 @@ def print_tables(results: dict[str, Any], sizes: list[int]) -> None:
     for key, r in results.items():
         if "skipped" in r:
             print(f"note: {key} not measured: {r['skipped']}")
+        for size, ops in r.get("samples", {}).items():
+            if "error" in ops:
+                print(f"note: {key} failed at {size_label(int(size))}: {ops['error']}")
 
 
 def print_targets(results: dict[str, Any]) -> None:
@@ -466,7 +478,7 @@ def main(argv: list[str] | None = None) -> None:
         result = run_worker(cfg, python, args)
         if "samples" in result:
             result["stats"] = {
-                size: {op: summarize(v, int(size)) for op, v in ops.items()}
+                size: {op: summarize(v, int(size)) for op, v in ops.items() if op != "error"}
                 for size, ops in result["samples"].items()
             }
         elif "log" in result:
