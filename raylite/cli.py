@@ -70,7 +70,7 @@ def cmd_start(args) -> int:
         token = args.token or (None if host in ("127.0.0.1", "localhost")
                                else secrets.token_hex(16))
         cluster = LocalCluster(new_session_id(), host=host, token=token, detached=True)
-        cluster.start_head(args.port)
+        cluster.start_head(args.port, wait_ready=True)
         cluster.add_node(**_node_args(args))
         address = cluster.address
         query_head(address, P.CLUSTER_INFO, token=token, timeout=20)

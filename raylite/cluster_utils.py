@@ -33,7 +33,7 @@ class Cluster:
     def __init__(self, initialize_head: bool = False, connect: bool = False,
                  head_node_args: dict | None = None):
         self._local = LocalCluster(new_session_id())
-        self._local.start_head()
+        self._local.start_head(wait_ready=True)
         self._nodes: list[NodeHandle] = []
         self._connected = False
         self.head_node = None

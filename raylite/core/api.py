@@ -9,6 +9,7 @@ import threading
 from raylite.core import driver, runtime, store
 from raylite.core import protocol as P
 from raylite.core.actor import ActorClass, ActorHandle
+from raylite.core.core_worker import HeadDiedError
 from raylite.core.object_ref import ObjectRef, ObjectRefGenerator
 from raylite.core.remote_function import RemoteFunction
 from raylite.core.runtime_api import require_core
@@ -125,15 +126,22 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
         if address is None:
             if nodes is not None and (num_cpus is not None or num_gpus is not None):
                 raise ValueError("Pass either nodes=[...] or num_cpus/num_gpus, not both.")
-            cluster = driver.start_local(num_cpus, num_gpus, resources, labels, nodes)
-            try:
-                info = driver.connect(cluster.address, session=cluster.session,
-                                      namespace=namespace, log_to_driver=log_to_driver,
-                                      expect_nodes=len(cluster.agents),
-                                      node_id=next(iter(cluster.agents)))
-            except BaseException:
-                cluster.stop()
-                raise
+            for attempt in range(3):
+                cluster = driver.start_local(num_cpus, num_gpus, resources, labels, nodes)
+                try:
+                    info = driver.connect(cluster.address, session=cluster.session,
+                                          namespace=namespace, log_to_driver=log_to_driver,
+                                          expect_nodes=len(cluster.agents),
+                                          node_id=next(iter(cluster.agents)),
+                                          abort=cluster.head_died)
+                    break
+                except HeadDiedError:  # its ports were taken before it bound them: retry
+                    cluster.stop()
+                    if attempt == 2:
+                        raise
+                except BaseException:
+                    cluster.stop()
+                    raise
             driver._State.cluster = cluster
             addr = cluster.address
         else:

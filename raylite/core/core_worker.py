@@ -44,6 +44,10 @@ LEASE_IDLE_S = float(os.environ.get("RAYLITE_LEASE_IDLE_S", "0.1"))
 MAX_LEASE_REQUESTS = 8
 
 
+class HeadDiedError(exc.RayliteSystemError):
+    """The head process exited while we waited for it (e.g. its port was taken)."""
+
+
 _NO_ARGS = ("i", ser.pickle.dumps(((), {}), 5), [])
 
 
@@ -212,16 +216,26 @@ class CoreWorker:
     def send_head(self, msg_type: bytes, body: dict) -> None:
         self.outbox.send(self.head_addr, P.encode(msg_type, body))
 
-    def request_head(self, msg_type: bytes, body: dict, timeout: float | None = 30.0):
-        """Send a request to the head and wait for its REPLY."""
+    def request_head(self, msg_type: bytes, body: dict, timeout: float | None = 30.0,
+                     abort=None):
+        """Send a request to the head and wait for its REPLY (giving up early when
+        ``abort()`` turns true, e.g. the head process died)."""
         fut = self._new_request(body)
         self.send_head(msg_type, body)
-        try:
-            return fut.result(timeout)
-        except TimeoutError:
-            raise exc.RayliteSystemError(
-                f"The head at {self.head_addr} did not answer {msg_type.decode()} within "
-                f"{timeout}s; is the cluster still running?") from None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = 0.05 if abort is not None else None
+            if deadline is not None:
+                step = min(step or timeout, max(0.0, deadline - time.monotonic()))
+            try:
+                return fut.result(step)
+            except TimeoutError:
+                if abort is not None and abort():
+                    raise HeadDiedError(f"the head at {self.head_addr} exited") from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise exc.RayliteSystemError(
+                        f"The head at {self.head_addr} did not answer {msg_type.decode()} "
+                        f"within {timeout}s; is the cluster still running?") from None
 
     def _new_request(self, body: dict, callback=None) -> Future:
         req_id = new_id()

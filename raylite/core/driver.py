@@ -19,7 +19,7 @@ import uuid
 from raylite import exceptions as exc
 from raylite.core import protocol as P
 from raylite.core import runtime, store
-from raylite.core.core_worker import CoreWorker, print_worker_lines
+from raylite.core.core_worker import CoreWorker, HeadDiedError, print_worker_lines
 from raylite.core.object_ref import new_id
 from raylite.core.osutil import free_port_pair, stop_processes
 from raylite.core.transport import _advertise
@@ -70,14 +70,31 @@ class LocalCluster:
         os.makedirs(LOG_DIR, exist_ok=True)
         return open(os.path.join(LOG_DIR, f"{name}.log"), "ab")
 
-    def start_head(self, port: int | None = None) -> None:
-        if port:
-            self.port = port
-            self.address = self.address.rsplit(":", 1)[0] + f":{port}"
-        self.head = subprocess.Popen(
-            [sys.executable, "-m", "raylite.core.head", "--port", str(self.port), "--session",
-             self.session, "--host", self.host], env=self._env(), stdout=subprocess.DEVNULL,
-            stderr=self._log("head"), stdin=subprocess.DEVNULL, start_new_session=self.detached)
+    def start_head(self, port: int | None = None, wait_ready: bool = False) -> None:
+        """Start the head. Its ports are picked free here but bound there, so another
+        process may take them in between: with ``wait_ready`` a head that could not bind
+        is restarted on fresh ports (a fixed ``port`` is not retried)."""
+        for _attempt in range(5):
+            if port:
+                self.port = port
+            self.address = self.address.rsplit(":", 1)[0] + f":{self.port}"
+            self.head = subprocess.Popen(
+                [sys.executable, "-m", "raylite.core.head", "--port", str(self.port),
+                 "--session", self.session, "--host", self.host], env=self._env(),
+                stdout=subprocess.PIPE if wait_ready else subprocess.DEVNULL,
+                stderr=self._log("head"), stdin=subprocess.DEVNULL,
+                start_new_session=self.detached)
+            if not wait_ready:
+                return
+            ready = self.head.stdout.readline().startswith(b"RAYLITE_HEAD_READY")
+            self.head.stdout.close()
+            if ready or port:
+                return
+            self.head.wait()
+            self.port = free_port_pair(self.host)
+
+    def head_died(self) -> bool:
+        return self.head is not None and self.head.poll() is not None
 
     def add_node(self, num_cpus=None, num_gpus=None, resources=None, labels=None,
                  node_id: str | None = None, warm: int | None = None) -> str:
@@ -139,7 +156,7 @@ class _State:
 
 def connect(address: str, *, session: str | None = None, token: str | None = None,
             namespace: str | None = None, log_to_driver: bool = True, expect_nodes: int = 0,
-            bind_host: str = "127.0.0.1", node_id: str | None = None) -> dict:
+            bind_host: str = "127.0.0.1", node_id: str | None = None, abort=None) -> dict:
     """Connect this process as a driver to the head at ``address``."""
     job_id = new_id().hex()[:8]
     core = CoreWorker(address, node_id="", session=session or "", job_id=job_id, token=token,
@@ -147,7 +164,10 @@ def connect(address: str, *, session: str | None = None, token: str | None = Non
     try:
         info = core.request_head(P.REGISTER_DRIVER, {
             "job_id": job_id, "core_addr": core.addr, "expect_nodes": expect_nodes},
-            timeout=30 if expect_nodes else 10)
+            timeout=30 if expect_nodes else 10, abort=abort)
+    except HeadDiedError:
+        core.shutdown()
+        raise
     except exc.RayliteSystemError:
         core.shutdown()
         raise ConnectionError(
@@ -204,6 +224,7 @@ def auto_init():
 
 def start_local(num_cpus=None, num_gpus=None, resources=None, labels=None, nodes=None,
                 warm=None) -> LocalCluster:
+    """Start a head and its nodes all at once (no waiting: start-up is what init costs)."""
     cluster = LocalCluster(new_session_id())
     cluster.start_head()
     specs = nodes or [{"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources,

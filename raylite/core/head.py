@@ -639,7 +639,11 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[raylite head] %(message)s")
     die_with_parent(signal.SIGTERM)
-    head = Head(args.port, args.session, os.environ.get("RAYLITE_TOKEN"), args.host)
+    try:
+        head = Head(args.port, args.session, os.environ.get("RAYLITE_TOKEN"), args.host)
+    except zmq.ZMQError as e:  # e.g. the port was taken; whoever started us may retry
+        log.warning("cannot listen on %s:%s (and +1): %s", args.host, args.port, e)
+        sys.exit(3)
 
     def on_term(*_):
         head.running = False
