@@ -298,7 +298,7 @@ def run_worker(cfg: Config, python: str, args: argparse.Namespace) -> dict[str, 
             assert proc.stdout is not None
             for line in proc.stdout:  # progress lines; the rest is kept for errors
                 log.append(line)
-                if line.endswith(" done\n"):
+                if line.endswith(" done\n") or " failed: " in line:
                     print(f"  {line.strip()}  ({time.monotonic() - start:.0f} s)", flush=True)
             proc.wait()
         finally:
@@ -434,6 +434,21 @@ def plot(results: dict[str, Any], sizes: list[int], path: Path) -> None:
     print(f"saved {_shown(path)}")
 
 
+def _git_describe() -> str:
+    """The checkout's commit, with "-dirty" when it has uncommitted changes."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="stop at 64M, fewer repeats")
@@ -490,6 +505,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\ntotal wall time {total:.0f} s")
     report = {
         "machine": {**machine_info(), "loadavg": {"start": load_at_start, "end": os.getloadavg()}},
+        "raylite_commit": _git_describe(),
         "config": {
             "sizes": sizes,
             "quick": args.quick,
