@@ -1,5 +1,6 @@
-"""Object transfer benchmark: put / get / task-argument time from 1 KiB to 1 GiB, raylite
-beside Ray and beside a plain memcpy.
+"""Object transfer benchmark, 1 KiB to 1 GiB: put, get and task-argument times, raylite vs Ray.
+
+Both beside a plain memcpy of the same size.
 
 Run from the repository root:
 
