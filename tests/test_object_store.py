@@ -160,3 +160,20 @@ def test_cross_node_get_pulls_once_and_serves_later_readers_locally(two_nodes):
     inode = os.stat(copy).st_ino
     assert ray.get(checksum.remote(ref), timeout=30)[1] == pytest.approx(float(data.sum()))
     assert os.stat(copy).st_ino == inode  # read from the local copy, not pulled again
+
+
+def test_pulled_copies_are_freed_with_the_object(two_nodes):
+    from raylite.core import store
+
+    far = next(n["NodeID"] for n in ray.nodes() if n["Labels"].get("zone") == "b")
+    ref = ray.put(np.ones(2_000_000))
+
+    @ray.remote(label_selector={"zone": "b"})
+    def touch(x):
+        return float(x[0])
+
+    assert ray.get(touch.remote(ref), timeout=30) == 1.0
+    copy = os.path.join(store.node_dir(two_nodes.session, far), ref.hex())
+    assert os.path.exists(copy)
+    del ref
+    wait_for_condition(lambda: not os.path.exists(copy), timeout=10)

@@ -161,7 +161,9 @@ class Agent:
         while self.running:
             ready = dict(poller.poll(50))
             if self.inbox in ready:
-                while True:
+                # a bounded batch: during a long transfer the inbox never empties, and
+                # the heartbeats below must still go out
+                for _ in range(32):
                     try:
                         frames = self.inbox.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:

@@ -342,7 +342,7 @@ class CoreWorker:
     def _free_desc(self, entry: _Entry) -> None:
         desc = entry.desc
         if entry.owner is None and desc is not None and desc[0] == "s":
-            store.delete(desc[2])
+            store.delete_everywhere(desc[2])
 
     def put(self, value, _owner_hint=None) -> ObjectRef:
         s = ser.serialize(value)

@@ -148,6 +148,19 @@ def delete(path: str) -> None:
             pass
 
 
+def delete_everywhere(path: str) -> None:
+    """Delete an object and the copies other nodes of this host pulled of it. (Copies on
+    other hosts stay until their node stops.)"""
+    node_dir_, name = os.path.split(path)
+    session = os.path.dirname(node_dir_)
+    try:
+        nodes = [e.path for e in os.scandir(session) if e.is_dir()]
+    except FileNotFoundError:
+        nodes = [node_dir_]
+    for d in nodes:
+        delete(os.path.join(d, name))
+
+
 # ---------------------------------------------------------------- capacity and spilling
 CAPACITY_ENV = "RAYLITE_OBJECT_STORE_MEMORY"
 
