@@ -66,7 +66,11 @@ def _store_bytes(session: str) -> int:
 
     total = 0
     for root, _dirs, files in os.walk(store.session_dir(session)):
-        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except FileNotFoundError:
+                pass  # freed while we looked
     return total
 
 
