@@ -186,11 +186,18 @@ def worker_main(name: str, repeats: int, sync_calls: int, out_path: str) -> None
 # --------------------------------------------------------------------------- parent
 
 
+def worker_env(framework: str) -> dict[str, str]:
+    """The environment of a measuring subprocess: Ray's usage stats off, and raylite
+    importable from a checkout without installing."""
+    env = dict(os.environ, RAY_DISABLE_USAGE_STATS="1")
+    if framework == "raylite":
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
 def run_worker(name: str, python: str, repeats: int, sync_calls: int) -> dict[str, Any]:
     """Measure one framework in a fresh subprocess; never leave its processes behind."""
-    env = dict(os.environ, RAY_DISABLE_USAGE_STATS="1")
-    if name == "raylite":  # importable from a checkout without installing
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env = worker_env(name)
     with tempfile.TemporaryDirectory() as tmp:
         out_path = os.path.join(tmp, "result.json")
         cmd = [

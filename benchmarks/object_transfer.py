@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.core import RESULTS, ROOT, _kill_group, _shown, machine_info  # noqa: E402
+from benchmarks.core import RESULTS, ROOT, _kill_group, _shown, machine_info, worker_env  # noqa: E402
 
 SIZES = [1 << 10, 1 << 14, 1 << 18, 1 << 22, 1 << 26, 1 << 28, 1 << 30]
 QUICK_MAX = 1 << 26
@@ -259,13 +259,11 @@ def worker_main(args: argparse.Namespace) -> None:
 
 def run_worker(cfg: Config, python: str, args: argparse.Namespace) -> dict[str, Any]:
     """Measure one config in a fresh subprocess (own session); never leave processes behind."""
-    env = dict(os.environ, RAY_DISABLE_USAGE_STATS="1")
+    env = worker_env(cfg.framework)
     env.pop("RAY_ENABLE_ZERO_COPY_TORCH_TENSORS", None)
     env.pop("RAYLITE_ENABLE_ZERO_COPY_TORCH_TENSORS", None)
     if cfg.framework == "ray" and cfg.zero_copy:
         env["RAY_ENABLE_ZERO_COPY_TORCH_TENSORS"] = "1"
-    if cfg.framework == "raylite":  # importable from a checkout without installing
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
         cmd = [
