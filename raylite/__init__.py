@@ -26,6 +26,7 @@ _WHERE = {
     "ActorHandle": "raylite.core.actor",
     "ObjectRef": "raylite.core.object_ref", "ObjectRefGenerator": "raylite.core.object_ref",
     "RemoteFunction": "raylite.core.remote_function",
+    "timeline": "raylite.util.state",
     "exceptions": None, "util": None, "cluster_utils": None,
 }
 
@@ -34,7 +35,7 @@ __all__ = [
     "wait", "cancel", "kill", "get_actor", "nodes", "cluster_resources", "available_resources",
     "get_runtime_context", "get_gpu_ids", "method", "ObjectRef", "ObjectRefGenerator",
     "ActorClass", "ActorHandle", "RemoteFunction", "RayliteContext", "RuntimeContext",
-    "util", "cluster_utils",
+    "util", "cluster_utils", "timeline",
 ]
 
 
@@ -77,3 +78,4 @@ if TYPE_CHECKING:
     )
     from raylite.core.object_ref import ObjectRef, ObjectRefGenerator
     from raylite.core.remote_function import RemoteFunction
+    from raylite.util.state import timeline

@@ -68,6 +68,7 @@ class ActorClass:
 
     def _create(self, args, kwargs, options: dict) -> ActorHandle:
         core = require_core()
+        options = opt.captured_strategy(options) or options
         _, demand, extra = opt.lease_spec(options, for_actor=True)
         conc = options.get("max_concurrency")
         if conc is None:

@@ -23,7 +23,7 @@ import time
 
 from raylite.core import protocol as P
 from raylite.core import store
-from raylite.core.osutil import die_with_parent, drain_fd, signal_wakeup_fd
+from raylite.core.osutil import accelerator_type, die_with_parent, drain_fd, signal_wakeup_fd
 from raylite.core.transfer import Transfers
 
 log = logging.getLogger("raylite.agent")
@@ -38,11 +38,17 @@ class Agent:
         self.node_id = args.node_id
         self.resources = json.loads(args.resources)
         self.labels = json.loads(args.labels or "{}")
+        if self.resources.get("GPU") and "raylite.io/accelerator-type" not in self.labels:
+            acc = accelerator_type()
+            if acc:
+                self.labels["raylite.io/accelerator-type"] = acc
         self.token = token
         self.bind_host = args.host
         self.warm = args.warm
         self.store_dir = store.node_dir(self.session, self.node_id)
         os.makedirs(self.store_dir, exist_ok=True)
+        st = os.statvfs(self.store_dir)
+        self.shm_size = st.f_blocks * st.f_frsize  # the store's room when no capacity is set
         self.children: dict[int, dict] = {}  # pid -> {"fd", "buf", "env_key"}
         self.poller = None
         self.running = True
@@ -185,8 +191,11 @@ class Agent:
             now = time.monotonic()
             if now - last_beat > HEARTBEAT_S:
                 last_beat = now
-                self.send_head(P.HEARTBEAT, {"node_id": self.node_id,
-                                             "transfers": self.transfers.completed})
+                used, count = store.usage(self.store_dir)
+                self.send_head(P.HEARTBEAT, {
+                    "node_id": self.node_id, "transfers": self.transfers.completed,
+                    "store_used": used, "store_objects": count,
+                    "store_capacity": store.capacity() or self.shm_size})
         self.stop()
 
     def stop(self) -> None:

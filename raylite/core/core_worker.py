@@ -41,6 +41,7 @@ PIPELINE_MAX_TASK_S = 0.002  # pipeline only tasks that take less than this on a
 PIPELINE_MAX_AGE_S = 0.005   # ... and only behind a task sent less than this ago
 STEAL_AFTER_S = 0.01         # take back tasks queued behind one running longer than this
 LEASE_IDLE_S = float(os.environ.get("RAYLITE_LEASE_IDLE_S", "0.1"))
+TASK_EVENTS_S = 0.1          # how often task records go to the head (state API, timeline)
 MAX_LEASE_REQUESTS = 8
 
 
@@ -132,7 +133,7 @@ class _Lease:
 
 class _Actor:
     __slots__ = ("actor_id", "addr", "core_addr", "state", "error", "queue", "inflight",
-                 "asked", "max_task_retries", "name")
+                 "asked", "max_task_retries", "name", "node_id", "worker_id")
 
     def __init__(self, actor_id: bytes, max_task_retries: int = 0, name: str = ""):
         self.actor_id = actor_id
@@ -145,6 +146,8 @@ class _Actor:
         self.asked = False
         self.max_task_retries = max_task_retries
         self.name = name
+        self.node_id = None
+        self.worker_id = None
 
 
 class _Stream:
@@ -176,7 +179,8 @@ class CoreWorker:
         self.inbox, self.addr = self.transport.bind()
         self.sub = self.transport.connect(head_addr.rsplit(":", 1)[0] + ":" + str(
             int(head_addr.rsplit(":", 1)[1]) + 1), zmq.SUB)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        for topic in (P.EV_ACTOR, P.EV_OWNER_DIED, P.EV_LOG, P.EV_NODE, P.EV_PING):
+            self.sub.setsockopt(zmq.SUBSCRIBE, topic)  # not the state-API topics (widgets)
         self._lock = threading.RLock()
         self._objects: dict[bytes, _Entry] = {}
         self._releases: collections.deque = collections.deque()
@@ -198,6 +202,11 @@ class CoreWorker:
         self.cancel_hook = None   # set by a worker: cancels a running task
         self.steal_hook = None    # set by a worker: gives back tasks it has not started
         self.log_hook = None      # set by a driver: prints worker output
+        # task records for the state API and timeline, sent to the head in batches:
+        # [tid, name, job_id, actor_id, submitted, sent, node_id, worker_id, start, end, error]
+        self._task_log: dict[bytes, list] = {}
+        self._task_log_on = os.environ.get("RAYLITE_TASK_EVENTS", "1") != "0"
+        self._last_task_flush = 0.0
         self._stop = False
         self._last_tick = 0.0
         self._last_heartbeat = 0.0
@@ -308,6 +317,11 @@ class CoreWorker:
                     elif len(lease.inflight) > 1 and \
                             now - next(iter(lease.inflight.values())).sent > STEAL_AFTER_S:
                         self._steal(lease)
+        if self._task_log and now - self._last_task_flush > TASK_EVENTS_S:
+            self._last_task_flush = now
+            with self._lock:
+                records, self._task_log = list(self._task_log.values()), {}
+            self.send_head(P.TASK_EVENTS, {"records": records})
         if self.mode == "driver" and now - self._last_heartbeat > 1.0:
             self._last_heartbeat = now
             self.send_head(P.HEARTBEAT, {"job_id": self.job_id, "core_addr": self.addr})
@@ -611,8 +625,13 @@ class CoreWorker:
         t.body = {"task_id": tid, "fn_id": fn_id, "name": name, "args": args_desc,
                   "nret": t.nret, "stream": t.stream, "owner": self.addr,
                   "job_id": self.job_id, "resources": demand}
+        if lease_opts.get("placement_group"):
+            t.body["placement_group"] = lease_opts["placement_group"]
         out = self._register_returns(t)
         with self._lock:
+            if self._task_log_on:
+                self._task_log[tid] = [tid, name, self.job_id, None, time.time(), None, None,
+                                       None, None, None, None]
             if key not in self._queues:
                 self._queues[key] = collections.deque()
                 self._leases[key] = []
@@ -719,7 +738,23 @@ class CoreWorker:
             body = dict(body, gpu_ids=lease.gpu_ids)
         t.lease = lease
         lease.inflight[t.task_id] = t
+        if self._task_log_on:
+            rec = self._task_record(t.task_id)
+            rec[5], rec[6], rec[7] = time.time(), lease.node_id, lease.worker_id
         self.outbox.send(lease.addr, P.encode(P.EXECUTE, body))
+
+    def _task_record(self, tid: bytes) -> list:
+        rec = self._task_log.get(tid)
+        if rec is None:  # its earlier part went to the head already
+            rec = self._task_log[tid] = [tid, None, None, None, None, None, None, None, None,
+                                         None, None]
+        return rec
+
+    def _log_done(self, tid: bytes, body: dict) -> None:
+        rec = self._task_record(tid)
+        rec[8], rec[9] = body.get("t0"), body.get("t1") or time.time()
+        if body.get("error") is not None:
+            rec[10] = body.get("error_msg") or "error"
 
     def _request_lease(self, key) -> None:
         demand, opts = self._lease_opts[key]
@@ -735,6 +770,14 @@ class CoreWorker:
         with self._lock:
             key = next((k for k, reqs in self._lease_reqs.items()
                         if reqs.pop(body["req_id"], None) is not None), None)
+            if body.get("error") is not None:  # it can never be scheduled: fail the queue
+                if key is not None:
+                    q = self._queues[key]
+                    while q:
+                        t = q.popleft()
+                        self._tasks.pop(t.task_id, None)
+                        self._fail(t, body["error"])
+                return
             if key is None:  # cancelled meanwhile: hand the worker straight back
                 self.send_head(P.RETURN_LEASE, {"worker_id": body["worker_id"]})
                 return
@@ -758,6 +801,8 @@ class CoreWorker:
             t = self._tasks.get(tid)
             if t is None:
                 return
+            if self._task_log_on:
+                self._log_done(tid, body)
             if t.actor_id is not None:
                 self._actor_task_done(t, body)
                 return
@@ -989,6 +1034,9 @@ class CoreWorker:
                   "stream": t.stream, "owner": self.addr}
         out = self._register_returns(t)
         with self._lock:
+            if self._task_log_on:
+                self._task_log[tid] = [tid, method, self.job_id, actor_id, time.time(), None,
+                                       None, None, None, None, None]
             a = self._actors.get(actor_id)
             if a is None:
                 a = self._actors[actor_id] = _Actor(actor_id, max_task_retries)
@@ -1024,6 +1072,9 @@ class CoreWorker:
                 body = dict(body, deps=self._dep_descs(t))
             t.lease = a
             a.inflight[t.task_id] = t
+            if self._task_log_on:
+                rec = self._task_record(t.task_id)
+                rec[5], rec[6], rec[7] = time.time(), a.node_id, a.worker_id
             self.outbox.send(a.addr, P.encode(P.ACTOR_CALL, body))
 
     def _new_request_actor_info(self, a: _Actor) -> None:
@@ -1045,6 +1096,7 @@ class CoreWorker:
             if a.state == "ALIVE" and a.addr == info["addr"]:
                 return
             a.state, a.addr, a.core_addr = "ALIVE", info["addr"], info["core_addr"]
+            a.node_id, a.worker_id = info.get("node_id"), info.get("worker_id")
             a.asked = False
             self._pump_actor(a)
             return

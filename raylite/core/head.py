@@ -30,6 +30,21 @@ log = logging.getLogger("raylite.head")
 
 NODE_TIMEOUT_S = float(os.environ.get("RAYLITE_NODE_TIMEOUT_S", "3.0"))
 DRIVER_TIMEOUT_S = 15.0
+MAX_TASK_RECORDS = 20000  # the task table keeps the most recent ones (as Ray's, bounded)
+
+
+def task_info(r: list) -> dict:
+    """A task record as the state API shows it (Ray's field names where they exist)."""
+    if r[9] is not None:
+        state = "FAILED" if r[10] else "FINISHED"
+    elif r[5] is not None:
+        state = "RUNNING"
+    else:
+        state = "PENDING_NODE_ASSIGNMENT"
+    return {"task_id": r[0].hex(), "name": r[1], "job_id": r[2],
+            "actor_id": r[3].hex() if r[3] else None, "type": "ACTOR_TASK" if r[3]
+            else "NORMAL_TASK", "state": state, "node_id": r[6], "worker_id": r[7],
+            "submitted": r[4], "sent": r[5], "start": r[8], "end": r[9], "error": r[10]}
 
 
 class Node:
@@ -43,7 +58,11 @@ class Node:
         self.labels = dict(body.get("labels", {}))
         self.alive = True
         self.transfers = 0  # objects pulled from other nodes
+        self.store_used = 0
+        self.store_capacity = 0
         self.last_seen = time.monotonic()
+        self.started = time.time()
+        self.idle_since: float | None = time.monotonic()
         self.idle: dict[str, list] = collections.defaultdict(list)  # env_key -> [Worker]
         self.waiting_spawn: dict[str, collections.deque] = collections.defaultdict(
             collections.deque)  # env_key -> grants waiting for a new worker
@@ -58,10 +77,14 @@ class Node:
                                   self.alive)
 
     def info(self) -> dict:
+        idle = time.monotonic() - self.idle_since if self.idle_since is not None else 0.0
         return {"node_id": self.node_id, "addr": self.addr, "host": self.host,
                 "alive": self.alive, "resources": dict(self.total),
                 "available": dict(self.available), "labels": dict(self.labels),
-                "pid": self.pid, "transfers": self.transfers}
+                "pid": self.pid, "transfers": self.transfers, "store_used": self.store_used,
+                "store_capacity": self.store_capacity, "idle_s": idle,
+                "node_type": self.labels.get("raylite.io/node-type"),
+                "start_time": self.started}
 
 
 class Worker:
@@ -76,6 +99,7 @@ class Worker:
         self.owner = None  # lease owner's core address
         self.held: dict = {}
         self.gpu_ids: tuple = ()
+        self.bundle = None  # the placement group bundle its resources come from
         self.blocked = False
         self.actor = None
 
@@ -96,6 +120,61 @@ class Request:
         self.actor = actor
         self.warned = False
         self.since = time.monotonic()
+        self.bundle = None
+
+    @property
+    def pg(self) -> tuple | None:
+        """(pg_id, bundle_index, capture) when it runs in a placement group."""
+        s = self.strategy
+        return s[1:] if isinstance(s, tuple) and s[0] == "pg" else None
+
+    def describe(self) -> dict:
+        return {"kind": "actor" if self.actor else "task", "demand": dict(self.demand),
+                "label_selector": self.body.get("label_selector"),
+                "strategy": self.strategy if isinstance(self.strategy, str)
+                else list(self.strategy), "since": self.since, "infeasible": self.warned,
+                "owner": self.owner}
+
+
+class Bundle:
+    """One bundle of a placement group: resources reserved on a node, handed out to the
+    tasks and actors that run in it."""
+
+    def __init__(self, pg, index: int, resources: dict, selector: dict | None):
+        self.pg = pg
+        self.index = index
+        self.resources = {k: float(v) for k, v in resources.items() if v}
+        self.selector_text = selector or {}
+        self.selector = scheduler.parse_selector(selector)
+        self.node_id: str | None = None
+        self.available: dict = {}
+
+    def info(self) -> dict:
+        return {"bundle_index": self.index, "resources": dict(self.resources),
+                "node_id": self.node_id, "available": dict(self.available),
+                "label_selector": dict(self.selector_text)}
+
+
+class PlacementGroup:
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.pg_id = spec["pg_id"]
+        self.name = spec.get("name") or ""
+        self.strategy = spec["strategy"]
+        self.owner = spec.get("owner")
+        self.detached = spec.get("lifetime") == "detached"
+        sels = spec.get("bundle_label_selector") or [None] * len(spec["bundles"])
+        self.bundles = [Bundle(self, i, b, sel)
+                        for i, (b, sel) in enumerate(zip(spec["bundles"], sels, strict=True))]
+        self.state = "PENDING"
+        self.created_at = time.time()
+        self.warned = False
+        self.waiters: list = []
+
+    def info(self) -> dict:
+        return {"placement_group_id": self.pg_id, "name": self.name, "strategy": self.strategy,
+                "state": self.state, "bundles": [b.info() for b in self.bundles],
+                "created_at": self.created_at, "infeasible": self.warned}
 
 
 class Actor:
@@ -113,6 +192,8 @@ class Actor:
         self.error = None
         self.waiters: list = []
         self.num_restarts = 0
+        strat = spec.get("strategy")
+        self.pg_id = strat[1] if isinstance(strat, (list, tuple)) and strat[0] == "pg" else None
 
     def info(self) -> dict:
         w = self.worker
@@ -120,8 +201,10 @@ class Actor:
                 "namespace": self.namespace, "meta": self.spec["meta"],
                 "addr": w.addr if w else None, "core_addr": w.core_addr if w else None,
                 "node_id": w.node_id if w else None, "pid": w.pid if w else None,
+                "worker_id": w.worker_id if w else None,
                 "error": self.error, "class_name": self.spec["meta"].get("class_name"),
-                "num_restarts": self.num_restarts, "job_id": self.job_id}
+                "num_restarts": self.num_restarts, "job_id": self.job_id,
+                "placement_group_id": self.pg_id}
 
 
 class Head:
@@ -129,13 +212,20 @@ class Head:
         self.session = session
         self.transport = Transport(token, bind_host)
         self.inbox, self.addr = self.transport.bind(zmq.ROUTER, port)
-        self.pub, _ = self.transport.bind(zmq.PUB, port + 1)
+        # XPUB: like PUB, and it tells us which topics someone listens to, so task events
+        # are published only while a state-API subscriber (a widget) wants them
+        self.pub, _ = self.transport.bind(zmq.XPUB, port + 1)
+        self.subscriptions: collections.Counter = collections.Counter()
         self.outbox = Outbox(self.transport)
         self.nodes: dict[str, Node] = {}
         self.workers: dict[str, Worker] = {}
         self.pending: list[Request] = []
         self.actors: dict[bytes, Actor] = {}
         self.named: dict[tuple, bytes] = {}
+        self.pgs: dict[str, PlacementGroup] = {}
+        self.pending_pgs: list[PlacementGroup] = []
+        self.tasks: collections.OrderedDict = collections.OrderedDict()  # task_id -> record
+        self.autoscaler: dict | None = None
         self.drivers: dict[str, dict] = {}
         self.node_waiters: list[tuple[int, dict]] = []
         self.spread_counter = 0
@@ -156,6 +246,10 @@ class Head:
             P.REGISTER_DRIVER: self.on_register_driver, P.DRIVER_EXIT: self.on_driver_exit,
             P.CLUSTER_INFO: self.on_cluster_info, P.SHUTDOWN: self.on_shutdown,
             P.LOG: self.on_log, P.PING_EVENTS: self.on_ping_events,
+            P.GET_STATE: self.on_get_state, P.TASK_EVENTS: self.on_task_events,
+            P.REMOVE_NODE: self.on_remove_node, P.AUTOSCALER_REPORT: self.on_autoscaler_report,
+            P.CREATE_PG: self.on_create_pg, P.REMOVE_PG: self.on_remove_pg,
+            P.GET_PG: self.on_get_pg,
         }
 
     # ------------------------------------------------------------------ plumbing
@@ -173,6 +267,7 @@ class Head:
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.inbox, zmq.POLLIN)
+        poller.register(self.pub, zmq.POLLIN)
         wake = signal_wakeup_fd()
         poller.register(wake, zmq.POLLIN)
         if self.monitor is not None:
@@ -184,6 +279,8 @@ class Head:
                 drain_fd(wake)
             if self.monitor is not None and self.monitor in ready:
                 self.log_refused()
+            if self.pub in ready:
+                self.on_subscriptions()
             if self.inbox in ready:
                 for _ in range(1000):
                     try:
@@ -201,6 +298,20 @@ class Head:
                 last_check = now
                 self.check_liveness(now)
         self.close()
+
+    def on_subscriptions(self) -> None:
+        """XPUB passes up the first subscribe and the last unsubscribe of each topic."""
+        while True:
+            try:
+                msg = self.pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msg:
+                self.subscriptions[msg[1:]] += 1 if msg[0] == 1 else -1
+
+    @property
+    def watching_tasks(self) -> bool:
+        return self.subscriptions[P.EV_TASK] > 0 or self.subscriptions[b""] > 0
 
     def log_refused(self) -> None:
         from zmq.utils.monitor import recv_monitor_message
@@ -233,7 +344,7 @@ class Head:
         node = Node(body)
         node.labels.setdefault("raylite.io/node-id", node.node_id)
         self.nodes[node.node_id] = node
-        self.publish(P.EV_NODE, {"node_id": node.node_id, "alive": True})
+        self.publish(P.EV_NODE, {"node_id": node.node_id, "alive": True, "info": node.info()})
         self.answer_node_waiters()
 
     def answer_node_waiters(self) -> None:
@@ -252,6 +363,8 @@ class Head:
             if node is not None:
                 node.last_seen = time.monotonic()
                 node.transfers = body.get("transfers", 0)
+                node.store_used = body.get("store_used", node.store_used)
+                node.store_capacity = body.get("store_capacity", node.store_capacity)
         elif body.get("job_id") in self.drivers:
             self.drivers[body["job_id"]]["last_seen"] = time.monotonic()
 
@@ -265,15 +378,37 @@ class Head:
             if now - d["last_seen"] > DRIVER_TIMEOUT_S:
                 log.warning("driver %s stopped sending heartbeats: cleaning up", job_id)
                 self.driver_gone(job_id)
+        views = None
         for req in self.pending:
-            if not req.warned and now - req.since > 2.0:
-                views = [n.view() for n in self.nodes.values()]
+            if not req.warned and now - req.since > 2.0 and req.pg is None:
+                views = views or [n.view() for n in self.nodes.values()]
                 if not scheduler.feasible(views, req.demand, req.strategy, req.selector):
                     req.warned = True
                     what = "actor" if req.actor else "task"
                     log.warning("A %s needs %s (label_selector=%s) which no node of the cluster "
                                 "can provide; it stays pending until such a node joins.",
                                 what, req.demand, req.body.get("label_selector"))
+                    self.publish(P.EV_PENDING, req.describe())
+        for pg in self.pending_pgs:
+            if not pg.warned and now - pg.created_at > 2.0:
+                views = views or [n.view() for n in self.nodes.values()]
+                if scheduler.place_bundles(views, [b.resources for b in pg.bundles],
+                                           pg.strategy, [b.selector for b in pg.bundles],
+                                           use_total=True) is None:
+                    pg.warned = True
+                    log.warning("Placement group %s (%s, bundles %s) cannot be placed on any "
+                                "node of the cluster; it stays pending until nodes that can "
+                                "hold it join.", pg.name or pg.pg_id, pg.strategy,
+                                [b.resources for b in pg.bundles])
+                    self.publish(P.EV_PG, pg.info())
+        working = {w.node_id for w in self.workers.values() if w.state != "idle"}
+        for node in self.nodes.values():  # idle = nothing reserved on it, nothing running
+            busy = node.alive and (node.node_id in working or any(
+                abs(node.available.get(k, 0.0) - v) > 1e-9 for k, v in node.total.items()))
+            if busy:
+                node.idle_since = None
+            elif node.idle_since is None:
+                node.idle_since = time.monotonic()
 
     def node_died(self, node: Node) -> None:
         node.alive = False
@@ -286,7 +421,13 @@ class Head:
                 req.since = time.monotonic()
                 self.pending.append(req)
         node.waiting_spawn.clear()
-        self.publish(P.EV_NODE, {"node_id": node.node_id, "alive": False})
+        for pg in list(self.pgs.values()):  # a group that lost a bundle is placed again
+            if pg.state == "CREATED" and any(b.node_id == node.node_id for b in pg.bundles):
+                self.unplace_pg(pg)
+                pg.state = "RESCHEDULING"
+                self.pending_pgs.append(pg)
+                self.publish(P.EV_PG, pg.info())
+        self.publish(P.EV_NODE, {"node_id": node.node_id, "alive": False, "info": node.info()})
 
     # ------------------------------------------------------------------ workers
     def on_register_worker(self, body: dict) -> None:
@@ -341,22 +482,33 @@ class Head:
             if a.owner == core_addr and not a.detached and a.state != "DEAD":
                 a.restarts_left = 0
                 self.kill_actor(a, "its owner died")
+        for pg in list(self.pgs.values()):
+            if pg.owner == core_addr and not pg.detached and pg.state != "REMOVED":
+                self.remove_pg(pg)
 
     def kill_worker(self, w: Worker) -> None:
         node = self.nodes.get(w.node_id)
         if node is not None and node.alive:
             self.send(node.addr, P.KILL_WORKER, {"worker_id": w.worker_id, "pid": w.pid})
 
+    def pool(self, node: Node, bundle: Bundle | None) -> dict | None:
+        """The resources a worker draws from: its bundle's or its node's (None: gone)."""
+        if bundle is not None:
+            return bundle.available if bundle.pg.state == "CREATED" else None
+        return node.available if node.alive else None
+
     def release(self, node: Node, w: Worker) -> None:
-        for k, v in w.held.items():
-            if k in node.available and node.alive:
-                node.available[k] += v
+        pool = self.pool(node, w.bundle)
+        if pool is not None:
+            for k, v in w.held.items():
+                pool[k] = pool.get(k, 0.0) + v
         for gid in w.gpu_ids:
             if gid in node.gpu_free:
                 node.gpu_free[gid] = min(1.0, node.gpu_free[gid] + w.held.get("GPU", 0) /
                                          max(1, len(w.gpu_ids)))
         w.held = {}
         w.gpu_ids = ()
+        w.bundle = None
 
     # ------------------------------------------------------------------ leases
     def on_request_lease(self, body: dict) -> None:
@@ -385,20 +537,27 @@ class Head:
         w = self.workers.get(body["worker_id"])
         if w is None or w.state != "leased" or w.blocked == body["blocked"]:
             return
-        node = self.nodes[w.node_id]
+        pool = self.pool(self.nodes[w.node_id], w.bundle)
         cpus = w.held.get("CPU", 0.0)
         w.blocked = body["blocked"]
         # a task blocked in get() lends its CPU out, so nested tasks cannot deadlock;
         # when it resumes it takes it back even if that briefly oversubscribes (as Ray)
-        node.available["CPU"] = node.available.get("CPU", 0.0) + (cpus if w.blocked else -cpus)
+        if pool is not None:
+            pool["CPU"] = pool.get("CPU", 0.0) + (cpus if w.blocked else -cpus)
 
     def schedule(self) -> None:
+        if self.pending_pgs:
+            self.schedule_pgs()
         if not self.pending:
             return
         views = {nid: n.view() for nid, n in self.nodes.items()}
         keep = []
         failed: set = set()
         for req in self.pending:
+            if req.pg is not None:
+                if not self.schedule_in_pg(req):
+                    keep.append(req)
+                continue
             shape = (tuple(sorted(req.demand.items())), str(req.strategy),
                      str(req.body.get("label_selector")))
             if shape in failed:
@@ -417,10 +576,45 @@ class Head:
             self.place(self.nodes[node_id], req)
         self.pending = keep
 
+    def schedule_in_pg(self, req: Request) -> bool:
+        """Place a request inside its placement group; False while it must wait."""
+        pg_id, index, _capture = req.pg
+        pg = self.pgs.get(pg_id)
+        if pg is None or pg.state == "REMOVED":
+            self.refuse(req, f"its placement group {pg_id} was removed (or never existed)")
+            return True
+        if pg.state != "CREATED":
+            return False
+        if index >= len(pg.bundles):
+            self.refuse(req, f"placement_group_bundle_index={index} but the placement group "
+                             f"has {len(pg.bundles)} bundles")
+            return True
+        bundles = pg.bundles if index < 0 else [pg.bundles[index]]
+        for b in bundles:
+            node = self.nodes.get(b.node_id)
+            if node is not None and node.alive and scheduler.fits(b.available, req.demand) \
+                    and scheduler.labels_match(node.labels, req.selector):
+                req.bundle = b
+                self.place(node, req)
+                return True
+        return False
+
+    def refuse(self, req: Request, reason: str) -> None:
+        """A request that can never run: fail it at its owner."""
+        error = ValueError(f"Cannot schedule this {'actor' if req.actor else 'task'}: {reason}.")
+        if req.actor is not None:
+            req.actor.restarts_left = 0
+            req.actor.error = str(error)
+            self.set_actor_state(req.actor, "DEAD")
+        elif req.body.get("reply_to"):
+            self.send(req.body["reply_to"], P.LEASE_GRANTED, {"req_id": req.req_id,
+                                                               "error": error})
+
     def place(self, node: Node, req: Request) -> None:
         """Reserve ``req``'s resources on ``node`` and give it an idle or new worker."""
+        pool = req.bundle.available if req.bundle is not None else node.available
         for k, v in req.demand.items():
-            node.available[k] = node.available.get(k, 0.0) - v
+            pool[k] = pool.get(k, 0.0) - v
         req.gpu_ids = self.take_gpus(node, req.demand.get("GPU", 0.0))
         idle = node.idle.get(req.env_key)
         if idle:
@@ -433,8 +627,10 @@ class Head:
         self.top_up_pool(node)
 
     def unreserve(self, node: Node, req: Request) -> None:
+        pool = self.pool(node, req.bundle)
         for k, v in req.demand.items():
-            node.available[k] = node.available.get(k, 0.0) + v
+            if pool is not None:
+                pool[k] = pool.get(k, 0.0) + v
         for gid in getattr(req, "gpu_ids", ()):
             node.gpu_free[gid] = min(1.0, node.gpu_free[gid] + req.demand.get("GPU", 0) /
                                      max(1, len(req.gpu_ids)))
@@ -466,6 +662,7 @@ class Head:
     def grant(self, node: Node, req: Request, w: Worker) -> None:
         w.held = dict(req.demand)
         w.gpu_ids = getattr(req, "gpu_ids", ())
+        w.bundle = req.bundle
         if req.actor is not None:
             self.start_actor(req.actor, w)
             return
@@ -500,7 +697,10 @@ class Head:
         spec = actor.spec
         body = {k: spec[k] for k in ("actor_id", "cls", "args", "meta", "max_concurrency",
                                      "job_id", "name", "sys_path")}
-        self.send(w.addr, P.BECOME_ACTOR, dict(body, gpu_ids=w.gpu_ids, resources=dict(w.held)))
+        strat = spec.get("strategy")
+        pg = list(strat[1:]) if isinstance(strat, (list, tuple)) and strat[0] == "pg" else None
+        self.send(w.addr, P.BECOME_ACTOR, dict(body, gpu_ids=w.gpu_ids, resources=dict(w.held),
+                                               placement_group=pg))
 
     def on_actor_ready(self, body: dict) -> None:
         actor = self.actors.get(body["actor_id"])
@@ -515,9 +715,10 @@ class Head:
         w = actor.worker
         if not actor.spec.get("hold_cpu"):
             # Ray: an actor needs 1 CPU to be placed but holds 0 while it runs
-            node = self.nodes[w.node_id]
+            pool = self.pool(self.nodes[w.node_id], w.bundle)
             cpus = w.held.pop("CPU", 0.0)
-            node.available["CPU"] = node.available.get("CPU", 0.0) + cpus
+            if pool is not None:
+                pool["CPU"] = pool.get("CPU", 0.0) + cpus
         self.set_actor_state(actor, "ALIVE")
 
     def set_actor_state(self, actor: Actor, state: str) -> None:
@@ -585,6 +786,165 @@ class Head:
                             self.unreserve(node, req)
             actor.error = f"The actor died because {reason}."
             self.set_actor_state(actor, "DEAD")
+
+    # ------------------------------------------------------------------ placement groups
+    def on_create_pg(self, spec: dict) -> None:
+        name = spec.get("name")
+        if name and any(p.name == name and p.state != "REMOVED" for p in self.pgs.values()):
+            self.reply(spec, error=ValueError(
+                f"A placement group named {name!r} already exists; pick another name."))
+            return
+        pg = PlacementGroup(spec)
+        self.pgs[pg.pg_id] = pg
+        self.pending_pgs.append(pg)
+        self.reply(spec, pg.info())
+        self.publish(P.EV_PG, pg.info())
+
+    def schedule_pgs(self) -> None:
+        """Reserve bundles for pending groups, in creation order, all or nothing."""
+        keep = []
+        for pg in self.pending_pgs:
+            if pg.state == "REMOVED":
+                continue
+            views = [n.view() for n in self.nodes.values()]
+            where = scheduler.place_bundles(views, [b.resources for b in pg.bundles],
+                                            pg.strategy, [b.selector for b in pg.bundles])
+            if where is None:
+                keep.append(pg)
+                continue
+            for b, nid in zip(pg.bundles, where, strict=True):
+                node = self.nodes[nid]
+                b.node_id = nid
+                b.available = dict(b.resources)
+                for k, v in b.resources.items():
+                    node.available[k] = node.available.get(k, 0.0) - v
+            pg.state = "CREATED"
+            info = pg.info()
+            for body in pg.waiters:
+                self.reply(body, info)
+            pg.waiters = []
+            self.publish(P.EV_PG, info)
+        self.pending_pgs = keep
+
+    def unplace_pg(self, pg: PlacementGroup) -> None:
+        """Give the bundles' reservations back to their nodes and stop what runs in them."""
+        for w in list(self.workers.values()):
+            if w.bundle is not None and w.bundle.pg is pg:
+                if w.actor is not None:
+                    w.actor.restarts_left = 0 if pg.state == "REMOVED" else w.actor.restarts_left
+                    self.kill_actor(w.actor, f"its placement group {pg.pg_id} was removed")
+                else:
+                    self.kill_worker(w)
+                w.bundle = None
+                w.held = {}
+        for node in self.nodes.values():
+            for grants in node.waiting_spawn.values():
+                for req in list(grants):
+                    if req.bundle is not None and req.bundle.pg is pg:
+                        grants.remove(req)
+                        req.bundle = None
+                        self.pending.append(req)
+        for b in pg.bundles:
+            node = self.nodes.get(b.node_id)
+            if node is not None and node.alive:
+                for k, v in b.resources.items():
+                    node.available[k] = node.available.get(k, 0.0) + v
+            b.node_id, b.available = None, {}
+
+    def remove_pg(self, pg: PlacementGroup) -> None:
+        was_placed = pg.state == "CREATED"
+        pg.state = "REMOVED"
+        if was_placed:
+            self.unplace_pg(pg)
+        self.pending_pgs = [p for p in self.pending_pgs if p is not pg]
+        info = pg.info()
+        for body in pg.waiters:
+            self.reply(body, info)
+        pg.waiters = []
+        self.publish(P.EV_PG, info)
+
+    def on_remove_pg(self, body: dict) -> None:
+        pg = self.pgs.get(body["pg_id"])
+        if pg is not None and pg.state != "REMOVED":
+            self.remove_pg(pg)
+        self.reply(body, True)
+
+    def on_get_pg(self, body: dict) -> None:
+        if body.get("name") is not None:
+            pg = next((p for p in self.pgs.values()
+                       if p.name == body["name"] and p.state != "REMOVED"), None)
+        else:
+            pg = self.pgs.get(body["pg_id"])
+        if pg is None:
+            self.reply(body, None)
+        elif body.get("wait") and pg.state not in ("CREATED", "REMOVED"):
+            pg.waiters.append(body)
+        else:
+            self.reply(body, pg.info())
+
+    # ------------------------------------------------------------------ state
+    def on_get_state(self, body: dict) -> None:
+        """Answer the state API: the sections asked for (all by default)."""
+        want = set(body.get("sections") or ("nodes", "workers", "actors", "placement_groups",
+                                            "tasks", "demand", "autoscaler"))
+        out: dict = {"time": time.time()}
+        if "nodes" in want:
+            out["nodes"] = [n.info() for n in self.nodes.values()]
+        if "workers" in want:
+            out["workers"] = [{
+                "worker_id": w.worker_id, "node_id": w.node_id, "pid": w.pid, "state": w.state,
+                "actor_id": w.actor.actor_id.hex() if w.actor else None,
+                "resources": dict(w.held), "placement_group_id": w.bundle.pg.pg_id
+                if w.bundle else None} for w in self.workers.values()]
+        if "actors" in want:
+            out["actors"] = [a.info() for a in self.actors.values()]
+        if "placement_groups" in want:
+            out["placement_groups"] = [p.info() for p in self.pgs.values()]
+        if "tasks" in want:
+            limit = body.get("limit") or len(self.tasks)
+            out["tasks"] = [task_info(r) for r in list(self.tasks.values())[-limit:]]
+        if "demand" in want:
+            out["demand"] = {
+                "requests": [r.describe() for r in self.pending if r.pg is None],
+                "placement_groups": [p.info() for p in self.pending_pgs],
+            }
+        if "autoscaler" in want:
+            out["autoscaler"] = self.autoscaler
+        self.reply(body, out)
+
+    def on_task_events(self, body: dict) -> None:
+        """Fold a batch of task records from an owner into the task table. A record is
+        [tid, name, job_id, actor_id, submitted, sent, node_id, worker_id, start, end,
+        error]; fields the owner did not know yet are None and keep what the table has."""
+        changed = []
+        tasks = self.tasks
+        for r in body["records"]:
+            tid = r[0]
+            rec = tasks.get(tid)
+            if rec is None:
+                rec = tasks[tid] = r
+                if len(tasks) > MAX_TASK_RECORDS:
+                    tasks.popitem(last=False)
+            else:
+                for i in range(1, len(r)):
+                    if r[i] is not None:
+                        rec[i] = r[i]
+            changed.append(rec)
+        if self.watching_tasks:
+            self.publish(P.EV_TASK, {"events": [task_info(r) for r in changed]})
+
+    def on_remove_node(self, body: dict) -> None:
+        """Take a node out now (the autoscaler terminating it): it is marked dead and its
+        agent stops (which kills its workers and frees its store)."""
+        node = self.nodes.get(body["node_id"])
+        if node is not None and node.alive:
+            self.send(node.addr, P.SHUTDOWN, {})
+            self.node_died(node)
+        self.reply(body, node is not None)
+
+    def on_autoscaler_report(self, body: dict) -> None:
+        self.autoscaler = body["status"]
+        self.publish(P.EV_AUTOSCALER, body)
 
     # ------------------------------------------------------------------ drivers
     def on_register_driver(self, body: dict) -> None:

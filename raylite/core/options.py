@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from raylite.core import scheduler
+from raylite.core import runtime, scheduler
 
 COMMON = {"num_cpus", "num_gpus", "memory", "resources", "accelerator_type", "label_selector",
           "scheduling_strategy", "runtime_env", "name", "_metadata"}
@@ -105,4 +105,20 @@ def lease_spec(options: dict, for_actor: bool = False) -> tuple[tuple, dict, dic
            tuple(sorted((selector or {}).items())), env_key)
     extra = {"strategy": strategy, "label_selector": selector, "env_vars": env_vars,
              "env_key": env_key}
+    if isinstance(strategy, tuple) and strategy[0] == "pg":
+        extra["placement_group"] = list(strategy[1:])
     return key, demand, extra
+
+
+def captured_strategy(options: dict):
+    """A child of a task or actor running in a placement group with
+    ``placement_group_capture_child_tasks=True`` runs in the same group, unless it asks
+    for a strategy of its own (as Ray). Returns that options dict, or None."""
+    pg = runtime.task_context.placement_group
+    if not pg or not pg[2] or options.get("scheduling_strategy") is not None:
+        return None
+    from raylite.util.placement_group import PlacementGroup
+    from raylite.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return dict(options, scheduling_strategy=PlacementGroupSchedulingStrategy(
+        PlacementGroup(pg[0]), -1, True))

@@ -96,3 +96,25 @@ def drain_fd(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
+
+
+def accelerator_type() -> str | None:
+    """The GPU model of this machine in Ray's short form (``"H100"``, ``"A10G"``), from
+    ``RAYLITE_ACCELERATOR_TYPE`` or ``nvidia-smi``; None without a GPU."""
+    import re
+    import shutil
+    import subprocess
+
+    forced = os.environ.get("RAYLITE_ACCELERATOR_TYPE")
+    if forced:
+        return forced
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=5, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    name = out.strip().splitlines()[0] if out.strip() else ""
+    m = re.search(r"\b([A-Z]+\d+[A-Z]*)\b", name.replace("NVIDIA", ""))
+    return m.group(1) if m else (name or None)

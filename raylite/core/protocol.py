@@ -33,6 +33,13 @@ CLUSTER_INFO = b"cluster_info"          # anyone: reply_to, req_id -> nodes, res
 SHUTDOWN = b"shutdown"                  # driver that started the cluster: stop everything
 LOG = b"log"                            # agent: lines of worker output
 PING_EVENTS = b"ping_events"            # anyone: nonce -> the head publishes EV_PING
+GET_STATE = b"get_state"                # anyone: reply_to, req_id, sections -> state dict
+TASK_EVENTS = b"task_events"            # owners / workers: events (batched task records)
+REMOVE_NODE = b"remove_node"            # anyone: node_id -> mark dead now, stop its agent
+AUTOSCALER_REPORT = b"autoscaler_report"  # autoscaler: status, decisions -> stored, published
+CREATE_PG = b"create_pg"                # owner: placement group spec
+REMOVE_PG = b"remove_pg"                # anyone: pg_id
+GET_PG = b"get_pg"                      # anyone: pg_id, wait -> pg info once created/removed
 
 # --- from the head ------------------------------------------------------------------
 LEASE_GRANTED = b"lease_granted"        # to owner: req_id, worker_id, addr, core_addr, node_id
@@ -48,6 +55,10 @@ EV_OWNER_DIED = b"owner_died"           # core_addr of a process that died
 EV_LOG = b"log"                         # lines of worker output
 EV_NODE = b"node"                       # node_id, alive
 EV_PING = b"ping"                       # nonce: proves a subscriber is connected
+EV_TASK = b"task"                       # events: [task record, ...] (batched)
+EV_PG = b"placement_group"              # placement group info (state changes)
+EV_AUTOSCALER = b"autoscaler"           # status and the decisions with their reasons
+EV_PENDING = b"pending"                 # a request no node can satisfy: demand, selector
 
 # --- owner <-> worker, direct --------------------------------------------------------
 EXECUTE = b"execute"                    # owner -> worker: task spec

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 from raylite.core import options as opt
+from raylite.core import runtime
 from raylite.core import serialization as ser
 from raylite.core.object_ref import new_id
 from raylite.core.runtime_api import require_core
@@ -48,6 +49,10 @@ class RemoteFunction:
 
     def _submit(self, args, kwargs, options: dict, spec):
         core = require_core()
+        if runtime.task_context.placement_group is not None:
+            captured = opt.captured_strategy(options)
+            if captured is not None:
+                options, spec = captured, opt.lease_spec(captured)
         key, demand, extra = spec
         nret = options.get("num_returns", 1)
         if nret == "dynamic":

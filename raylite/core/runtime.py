@@ -18,7 +18,7 @@ class TaskContext(threading.local):
     actor_id: bytes | None = None
     resources: dict | None = None
     gpu_ids: tuple = ()
-    placement_group_id: str | None = None
+    placement_group: list | None = None  # [pg_id, bundle_index, capture_child_tasks]
     in_exec_thread: bool = False
 
 

@@ -122,3 +122,57 @@ def feasible(nodes: list[NodeView], demand: dict, strategy, selector: list) -> b
         if fits(n.total, demand):
             return True
     return False
+
+
+PG_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
+def _add(into: dict, demand: dict, sign: float = 1.0) -> None:
+    for k, v in demand.items():
+        into[k] = into.get(k, 0.0) + sign * v
+
+
+def place_bundles(nodes: list[NodeView], bundles: list[dict], strategy: str,
+                  selectors: list[list], use_total: bool = False) -> list[str] | None:
+    """Choose a node for every bundle of a placement group, all or nothing.
+
+    Returns the node ids in bundle order, or None when the group cannot be placed now
+    (``use_total=True`` asks whether it could ever be placed, on empty nodes).
+    PACK puts bundles on as few nodes as possible, SPREAD on as many as possible;
+    the STRICT_ forms fail instead of falling back.
+    """
+    live = [n for n in nodes if n.alive]
+    free = {n.node_id: dict(n.total if use_total else n.available) for n in live}
+    by_id = {n.node_id: n for n in live}
+    ok = [[n.node_id for n in live if labels_match(n.labels, sel)] for sel in selectors]
+    if strategy == "STRICT_PACK":
+        need: dict = {}
+        for b in bundles:
+            _add(need, b)
+        common = set(ok[0]) if ok else set(free)
+        for o in ok[1:]:
+            common &= set(o)
+        # the fullest node that fits everything (pack), ties by id for determinism
+        fitting = [nid for nid in common if fits(free[nid], need)]
+        if not fitting:
+            return None
+        best = min(fitting, key=lambda nid: (-utilization(by_id[nid]), nid))
+        return [best] * len(bundles)
+    chosen: list[str | None] = [None] * len(bundles)
+    used: dict[str, int] = {}
+    # place the most constrained bundles first (fewest candidate nodes, then largest)
+    order = sorted(range(len(bundles)), key=lambda i: (len(ok[i]), -sum(bundles[i].values())))
+    for i in order:
+        cands = [nid for nid in ok[i] if fits(free[nid], bundles[i])]
+        if strategy == "STRICT_SPREAD":
+            cands = [nid for nid in cands if nid not in used]
+        if not cands:
+            return None
+        if strategy == "PACK":  # nodes this group already uses first, then the fullest
+            nid = min(cands, key=lambda c: (c not in used, -utilization(by_id[c]), c))
+        else:  # SPREAD / STRICT_SPREAD: the nodes this group uses least, then emptiest
+            nid = min(cands, key=lambda c: (used.get(c, 0), utilization(by_id[c]), c))
+        chosen[i] = nid
+        used[nid] = used.get(nid, 0) + 1
+        _add(free[nid], bundles[i], -1.0)
+    return chosen  # type: ignore[return-value]

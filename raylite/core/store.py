@@ -171,6 +171,21 @@ def capacity() -> int | None:
     return int(value) if value else None
 
 
+def usage(directory: str) -> tuple[int, int]:
+    """(bytes, objects) held in a node's store directory right now."""
+    total = count = 0
+    try:
+        for e in os.scandir(directory):
+            try:
+                total += e.stat().st_size
+                count += 1
+            except FileNotFoundError:
+                pass  # freed while we looked
+    except FileNotFoundError:
+        pass
+    return total, count
+
+
 def spill_root(session: str) -> str:
     return os.path.join(tempfile.gettempdir(), f"raylite_spill_{session}")
 

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import zmq
@@ -46,6 +47,7 @@ class Executor:
         self.base_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.actor_gpu_ids: tuple = ()
         self.actor_resources: dict = {}
+        self.actor_pg = None
         self.actor = None
         self.actor_id = None
         self.pool = None
@@ -142,6 +144,7 @@ class Executor:
         return self.core._make_desc(s, oid)
 
     def reply(self, owner: str, body: dict) -> None:
+        body["t1"] = time.time()
         self.core.outbox.send(owner, P.encode(P.TASK_DONE, body))
 
     def error_reply(self, tid: bytes, name: str, e: BaseException) -> dict:
@@ -149,15 +152,23 @@ class Executor:
             cancelled = exc.TaskCancelledError(tid.hex())
             return {"task_id": tid, "error": ser.error_descriptor(cancelled)}
         err = ser.task_error(name, e, os.getpid(), self.core.node_id)
-        return {"task_id": tid, "error": ser.error_descriptor(err), "app_error": True}
+        return {"task_id": tid, "error": ser.error_descriptor(err), "app_error": True,
+                "error_msg": f"{type(e).__name__}: {e}"[:300]}
 
     def invoke(self, body: dict, fn, name: str) -> dict:
         """Run one call in this thread and build its TASK_DONE body."""
+        t0 = time.time()
+        reply = self._invoke(body, fn, name)
+        reply["t0"] = t0
+        return reply
+
+    def _invoke(self, body: dict, fn, name: str) -> dict:
         tid = body["task_id"]
         ctx = runtime.task_context
         ctx.task_id = tid
         if self.actor_id is None:
             self.set_devices(body.get("gpu_ids"), body.get("resources"))
+            ctx.placement_group = body.get("placement_group")
         else:
             self.actor_context()
         try:
@@ -253,6 +264,8 @@ class Executor:
         self.actor_gpu_ids = tuple(body.get("gpu_ids") or ())
         self.actor_resources = body.get("resources") or {}
         self.actor_job_id = body.get("job_id")
+        self.actor_pg = body.get("placement_group")
+        runtime.task_context.placement_group = self.actor_pg
         self.set_devices(self.actor_gpu_ids, self.actor_resources)
         error = None
         try:
@@ -284,6 +297,7 @@ class Executor:
         ctx = runtime.task_context
         ctx.actor_id, ctx.job_id = self.actor_id, self.actor_job_id
         ctx.gpu_ids, ctx.resources = self.actor_gpu_ids, self.actor_resources
+        ctx.placement_group = self.actor_pg
 
     def _get_if_ref(self, v):
         return self.core.get([v])[0] if isinstance(v, ObjectRef) else v
@@ -350,6 +364,12 @@ class Executor:
         tid = body["task_id"]
 
         async def call():
+            t0 = time.time()
+            reply = await run()
+            reply["t0"] = t0
+            return reply
+
+        async def run():
             async with self.async_sem:
                 self.actor_context()
                 runtime.task_context.task_id = tid
