@@ -168,6 +168,7 @@ class PlacementGroup:
                         for i, (b, sel) in enumerate(zip(spec["bundles"], sels, strict=True))]
         self.state = "PENDING"
         self.created_at = time.time()
+        self.since = time.monotonic()
         self.warned = False
         self.waiters: list = []
 
@@ -390,7 +391,7 @@ class Head:
                                 what, req.demand, req.body.get("label_selector"))
                     self.publish(P.EV_PENDING, req.describe())
         for pg in self.pending_pgs:
-            if not pg.warned and now - pg.created_at > 2.0:
+            if not pg.warned and now - pg.since > 2.0:
                 views = views or [n.view() for n in self.nodes.values()]
                 if scheduler.place_bundles(views, [b.resources for b in pg.bundles],
                                            pg.strategy, [b.selector for b in pg.bundles],
