@@ -181,3 +181,31 @@ def test_node_events_and_group_removed_with_its_creator():
         wait_for_condition(lambda: raylite.available_resources().get("CPU") == 2)
     finally:
         cluster.shutdown()
+
+
+def test_memory_resource_and_accelerator_label(monkeypatch):
+    monkeypatch.setenv("RAYLITE_ACCELERATOR_TYPE", "T4")
+    raylite.init(nodes=[{"num_cpus": 1, "num_gpus": 1, "memory": 10**9},
+                        {"num_cpus": 1, "num_gpus": 0}])
+    try:
+        nodes = {n["resources_total"].get("GPU", 0): n for n in st.list_nodes()}
+        assert nodes[1]["labels"]["raylite.io/accelerator-type"] == "T4"
+        assert "raylite.io/accelerator-type" not in nodes[0]["labels"]
+        assert nodes[1]["resources_total"]["memory"] == 10**9
+
+        @raylite.remote
+        def here():
+            return raylite.get_runtime_context().get_node_id()
+
+        gpu_node = nodes[1]["node_id"]
+        assert raylite.get(here.options(accelerator_type="T4").remote(), timeout=20) == gpu_node
+        by_label = here.options(label_selector={"raylite.io/accelerator-type": "T4"})
+        assert raylite.get(by_label.remote(), timeout=20) == gpu_node
+        assert raylite.get(here.options(memory=5 * 10**8, num_gpus=1).remote(),
+                           timeout=20) == gpu_node
+        too_big = here.options(memory=2 * 10**9, num_gpus=1).remote()
+        ready, _ = raylite.wait([too_big], timeout=0.5)
+        assert ready == []
+        raylite.cancel(too_big)
+    finally:
+        raylite.shutdown()

@@ -40,8 +40,9 @@ class Agent:
         self.labels = json.loads(args.labels or "{}")
         if self.resources.get("GPU") and "raylite.io/accelerator-type" not in self.labels:
             acc = accelerator_type()
-            if acc:
+            if acc:  # as Ray: a label, and a resource that accelerator_type= asks for
                 self.labels["raylite.io/accelerator-type"] = acc
+                self.resources.setdefault(f"accelerator_type:{acc}", 1.0)
         self.token = token
         self.bind_host = args.host
         self.warm = args.warm

@@ -97,10 +97,10 @@ class LocalCluster:
         return self.head is not None and self.head.poll() is not None
 
     def add_node(self, num_cpus=None, num_gpus=None, resources=None, labels=None,
-                 node_id: str | None = None, warm: int | None = None) -> str:
+                 node_id: str | None = None, warm: int | None = None, memory=None) -> str:
         node_id = node_id or f"node{self._n}-{uuid.uuid4().hex[:6]}"
         self._n += 1
-        res = node_resources(num_cpus, num_gpus, resources)
+        res = node_resources(num_cpus, num_gpus, resources, memory)
         if warm is None:
             warm = int(min(max(res.get("CPU", 1), 1), 4))
         self.agents[node_id] = subprocess.Popen(
@@ -124,9 +124,16 @@ class LocalCluster:
         store.remove_dir(store.spill_root(self.session))
 
 
-def node_resources(num_cpus=None, num_gpus=None, resources=None) -> dict:
+def node_resources(num_cpus=None, num_gpus=None, resources=None, memory=None) -> dict:
+    """A node's resources; ``memory`` (bytes) defaults, as in Ray, to 70% of the
+    machine's available memory (every virtual node of one host reports it)."""
+    import psutil
+
+    if memory is None:
+        memory = int(psutil.virtual_memory().available * 0.7)
     res = {"CPU": float(os.cpu_count() or 1 if num_cpus is None else num_cpus),
-           "GPU": float(detect_gpus() if num_gpus is None else num_gpus)}
+           "GPU": float(detect_gpus() if num_gpus is None else num_gpus),
+           "memory": float(memory)}
     res.update({k: float(v) for k, v in (resources or {}).items()})
     return {k: v for k, v in res.items() if v or k == "CPU"}
 
