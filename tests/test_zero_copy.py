@@ -134,9 +134,18 @@ def test_without_the_flag_tensors_round_trip_with_a_copy():
     ray.init(num_cpus=1)
     try:
         t = torch.randn(1_000_000)
-        out = ray.get(ray.put(t))
+        ref = ray.put(t)
+        out = ray.get(ref)
         assert torch.equal(out, t) and not _in_store_mapping(out)
-        out[0] = 1.0  # an ordinary, writable tensor
+        out[0] = 1.0  # an ordinary, writable tensor, not the stored one
+        assert float(ray.get(ref)[0]) == float(t[0])
+        # torch's own pickling keeps requires_grad and takes any layout: so does the copy
+        w = torch.randn(300, 200, requires_grad=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no zero-copy warnings without the flag
+            back = ray.get(ray.put({"w": w, "wt": w.detach().t()}))
+        assert back["w"].requires_grad and torch.equal(back["w"], w)
+        assert torch.equal(back["wt"], w.detach().t())
     finally:
         ray.shutdown()
 

@@ -66,9 +66,11 @@ def serialize(value) -> Serialized:
     outer = getattr(_ctx, "refs", None)
     _ctx.refs = refs
     try:
-        if zero_copy_torch_enabled() and "torch" in sys.modules:
+        if "torch" in sys.modules:  # tensors out of band (zero-copy, or one copy on read)
             f = io.BytesIO()
-            _TensorPickler(f, protocol=5, buffer_callback=buffers.append).dump(value)
+            p = _TensorPickler(f, protocol=5, buffer_callback=buffers.append)
+            p.zero_copy = zero_copy_torch_enabled()
+            p.dump(value)
             meta = f.getvalue()
         else:
             meta = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
@@ -107,25 +109,38 @@ def set_zero_copy_torch(enabled: bool) -> None:
 class _TensorPickler(cloudpickle.Pickler):
     """cloudpickle, plus: a CPU torch tensor goes out of band as a uint8 NumPy view of its
     bytes, with dtype, shape and device beside it (as Ray 2.53 does), so writing it to
-    the store is its only copy and reading it back on the node makes none."""
+    the store is its only copy and reading it back on the node makes none.
+
+    Without the zero-copy flag tensors take the same path but the reader copies them
+    once into memory of its own (Ray pickles them in band, which costs several copies);
+    ``requires_grad`` is kept then, as torch's pickling keeps it."""
+
+    zero_copy = True
 
     def reducer_override(self, obj):
         if type(obj).__name__ == "Tensor" and type(obj).__module__ == "torch":
-            reduced = _reduce_tensor(obj)
+            reduced = _reduce_tensor(obj, self.zero_copy)
             if reduced is not None:
                 return reduced
         return super().reducer_override(obj)
 
 
-def _reduce_tensor(t):
+def _reduce_tensor(t, zero_copy: bool = True):
     import torch
 
-    if t.layout != torch.strided or t.is_quantized or t.is_nested:
-        return None  # leave exotic tensors to torch's own pickling
+    if t.layout != torch.strided or t.is_quantized or t.is_nested or \
+            type(t) is not torch.Tensor:
+        return None  # leave exotic tensors (and Parameters) to torch's own pickling
     device = str(t.device)
-    t = t.detach()  # requires_grad is not kept
+    grad = t.requires_grad and not zero_copy
+    t = t.detach()  # requires_grad is not kept by zero-copy (as Ray)
     if t.device.type != "cpu":
         t = t.to("cpu")  # GPU tensors are copied to the CPU and restored on read
+    if not zero_copy:
+        raw = t.contiguous().reshape(-1).view(torch.uint8).numpy()
+        dtype = str(t.dtype).removeprefix("torch.")
+        return (_rebuild_tensor_copy, (pickle.PickleBuffer(raw), dtype, tuple(t.shape),
+                                       device, grad))
     if not t.is_contiguous():
         warnings.warn(f"a non-contiguous tensor of shape {tuple(t.shape)} was copied to be "
                       "stored zero-copy; call .contiguous() first to avoid the copy",
@@ -152,6 +167,30 @@ def _rebuild_tensor(buf, dtype: str, shape: tuple, device: str):
         t = torch.from_numpy(raw)
     t = t.view(getattr(torch, dtype)).reshape(shape)
     return t if device == "cpu" else t.to(device)
+
+
+def _rebuild_tensor_copy(buf, dtype: str, shape: tuple, device: str, grad: bool):
+    """A tensor of its own (one copy out of the store), as torch's unpickling gives."""
+    import torch
+
+    src = _rebuild_view(buf, dtype, shape)
+    if device != "cpu":
+        t = src.to(device)
+    else:
+        t = torch.empty_like(src)
+        t.copy_(src)
+    return t.requires_grad_() if grad else t
+
+
+def _rebuild_view(buf, dtype: str, shape: tuple):
+    import numpy as np
+    import torch
+
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch: "array is not writable"
+        t = torch.from_numpy(raw)
+    return t.view(getattr(torch, dtype)).reshape(shape)
 
 
 def note_ref_serialized(ref) -> None:
