@@ -82,6 +82,7 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
          labels=None, object_store_memory=None, namespace: str | None = None,
          ignore_reinit_error: bool = False, log_to_driver: bool = True, nodes=None,
          runtime_env=None, enable_zero_copy_torch_tensors: bool | None = None,
+         autoscaler=None,
          _node_ip_address: str = "127.0.0.1", _token: str | None = None,
          **_ignored) -> RayliteContext:
     """Start a local cluster (or connect to one with ``address``) and return its context.
@@ -99,6 +100,9 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
     stores CPU torch tensors as uint8 views read back without a copy (Ray: the
     ``RAY_ENABLE_ZERO_COPY_TORCH_TENSORS`` environment variable); the processes of a
     cluster started here inherit the setting.
+
+    ``autoscaler={...}`` starts :func:`raylite.autoscaler.start` with that config on the
+    cluster started here (a raylite extension; Ray configures it in the cluster YAML).
     """
     with _init_lock:
         if runtime.core is not None:
@@ -110,6 +114,13 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
             bad = [k for k in labels if k.startswith("raylite.io/")]
             if bad:
                 raise ValueError(f"Labels {bad} use the reserved prefix 'raylite.io/'")
+        if autoscaler is not None:  # a bad config fails before anything starts
+            if address is not None:
+                raise ValueError("init(autoscaler=...) needs a cluster init() starts; with "
+                                 "address=, call raylite.autoscaler.start(config, provider)")
+            from raylite.autoscaler import AutoscalerConfig
+
+            autoscaler = AutoscalerConfig.from_dict(autoscaler)
         if object_store_memory is not None:
             if address is not None:
                 raise ValueError("object_store_memory applies to a cluster init() starts; "
@@ -150,6 +161,10 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
                                   log_to_driver=log_to_driver)
         driver._State.context = RayliteContext(info, addr.replace("tcp://", ""))
         driver.register_atexit(shutdown)
+        if autoscaler is not None:
+            from raylite.autoscaler import start as start_autoscaler
+
+            start_autoscaler(autoscaler)
         return driver._State.context
 
 
@@ -159,6 +174,11 @@ def shutdown() -> None:
         core = runtime.core
         if core is None:
             return
+        for hook in list(driver._State.shutdown_hooks):
+            try:
+                hook()
+            except Exception:  # a failing hook must not keep the cluster running
+                pass
         cluster = driver._State.cluster
         if cluster is None:
             core.send_head(P.DRIVER_EXIT, {"job_id": core.job_id})

@@ -159,6 +159,7 @@ def detect_gpus() -> int:
 class _State:
     cluster: LocalCluster | None = None
     context = None
+    shutdown_hooks: list = []  # called first by shutdown() (e.g. the autoscaler's stop)
 
 
 def connect(address: str, *, session: str | None = None, token: str | None = None,

@@ -35,11 +35,20 @@ __all__ = ["StateList", "list_nodes", "list_workers", "list_actors", "list_tasks
            "subscribe", "EventStream", "summarize_tasks"]
 
 
-def _state(*sections: str, limit: int | None = None) -> dict:
+def _state(*sections: str, limit: int | None = None, core=None,
+           timeout: float | None = 30.0) -> dict:
+    """The head's state sections in one round trip. Given ``core`` (a background reader,
+    e.g. the widgets), it asks through that core only, never starts a cluster, and gives
+    up as soon as that core is shut down."""
     body = {"sections": list(sections)}
     if limit:
         body["limit"] = limit
-    return require_core().request_head(P.GET_STATE, body)
+    if core is None:
+        return require_core().request_head(P.GET_STATE, body, timeout)
+    from raylite.core import runtime
+
+    return core.request_head(P.GET_STATE, body, timeout,
+                             abort=lambda: runtime.core is not core)
 
 
 class StateList(list):
@@ -246,23 +255,30 @@ class EventStream:
     satisfy), ``log`` (worker output). Task events flow only while someone subscribes.
     """
 
-    def __init__(self, topics=None, callback=None, maxsize: int = 10000):
+    def __init__(self, topics=None, callback=None, maxsize: int = 10000, core=None):
         import zmq
 
         from raylite.core.object_ref import new_id
+        from raylite.core.transport import Transport
 
         topics = list(topics or [t for t in TOPICS if t != "log"])
         bad = [t for t in topics if t not in TOPICS]
         if bad:
             raise ValueError(f"Unknown event topics {bad}; choose from {sorted(TOPICS)}")
-        core = require_core()
+        core = core or require_core()
+        self._core = core
         self.topics = topics
         self.callback = callback
         self.queue: queue.Queue = queue.Queue(maxsize)
         self.dropped = 0
         self._stop = threading.Event()
         host, port = core.head_addr.rsplit(":", 1)
-        self._sock = core.transport.connect(f"{host}:{int(port) + 1}", zmq.SUB)
+        # A ZeroMQ context of its own: the core's is destroyed at shutdown, and closing a
+        # socket that this thread is polling (zmq_close is not thread-safe) can abort the
+        # process. The reading thread closes its socket and this context when it ends.
+        self._transport = Transport()
+        self._transport.token = core.transport.token
+        self._sock = self._transport.connect(f"{host}:{int(port) + 1}", zmq.SUB)
         for t in topics:
             self._sock.setsockopt(zmq.SUBSCRIBE, TOPICS[t])
         self._sock.setsockopt(zmq.SUBSCRIBE, P.EV_PING)
@@ -277,9 +293,14 @@ class EventStream:
     def _run(self) -> None:
         import zmq
 
+        from raylite.core import runtime
+
         names = {v: k for k, v in TOPICS.items()}
         sock = self._sock
         while not self._stop.is_set():
+            if runtime.core is not self._core:  # raylite.shutdown(): the stream ends
+                self._stop.set()
+                break
             try:
                 if not sock.poll(100):
                     continue
@@ -308,6 +329,7 @@ class EventStream:
                 except queue.Full:
                     self.dropped += 1
         sock.close(linger=0)
+        self._transport.close(linger_ms=0)
 
     def get(self, timeout: float | None = None):
         """The next ``(topic, body)``; raises ``queue.Empty`` after ``timeout``."""

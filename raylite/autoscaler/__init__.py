@@ -1,0 +1,78 @@
+"""The autoscaler: adds and removes (virtual) nodes of declared node types to fit the
+demand, and learns which types the provider cannot supply right now.
+
+```python
+import raylite
+from raylite import autoscaler
+
+raylite.init(num_cpus=0)           # or init(autoscaler={...}) to start both at once
+scaler = autoscaler.start({
+    "node_types": {
+        "cpu-spot":     {"resources": {"CPU": 2}, "max_workers": 4},
+        "cpu-ondemand": {"resources": {"CPU": 2}, "max_workers": 4},
+        "gpu":          {"resources": {"CPU": 4, "GPU": 1}, "labels": {"acc": "T4"}},
+    },
+    "idle_timeout_s": 30,
+})
+scaler.provider.set_unavailable("cpu-spot")   # the local provider's demo knobs
+raylite.util.state.get_autoscaler_status()    # what it sees and did, and why
+```
+
+Pieces: :mod:`~raylite.autoscaler.policy` (a pure function: demand, nodes, node types,
+availability -> launches and terminations with reasons), :mod:`~raylite.autoscaler.provider`
+(:class:`NodeProvider` and :class:`LocalNodeProvider`), :mod:`~raylite.autoscaler.monitor`
+(the loop). Differences from Ray: the loop is a thread of the driver that started it,
+not a process beside the head; it manages only nodes of its declared types (the nodes
+``init()`` started are never removed); configuration is a dict or dataclass, not a YAML
+file with a head node type and ``node_config``.
+"""
+
+from __future__ import annotations
+
+from raylite.autoscaler.config import NODE_TYPE_LABEL, AutoscalerConfig, NodeTypeConfig
+from raylite.autoscaler.monitor import Autoscaler
+from raylite.autoscaler.policy import Decision, availability_scores, decide
+from raylite.autoscaler.provider import LocalNodeProvider, NodeProvider
+from raylite.autoscaler.sdk import request_resources
+
+__all__ = ["Autoscaler", "AutoscalerConfig", "NodeTypeConfig", "NodeProvider",
+           "LocalNodeProvider", "Decision", "decide", "availability_scores", "start", "stop",
+           "get", "request_resources", "NODE_TYPE_LABEL"]
+
+_current: Autoscaler | None = None
+
+
+def start(config: AutoscalerConfig | dict, provider: NodeProvider | None = None) -> Autoscaler:
+    """Start the autoscaler loop in this driver (``raylite.init()`` first); it stops with
+    ``raylite.shutdown()`` or :func:`stop`. Returns it (its ``provider`` has the knobs)."""
+    global _current
+    from raylite.core import driver, runtime
+
+    if runtime.core is None:
+        raise RuntimeError("call raylite.init() before starting the autoscaler")
+    if _current is not None and _current.running:
+        raise RuntimeError("an autoscaler is already running; raylite.autoscaler.stop() it "
+                           "first")
+    scaler = Autoscaler(config, provider)
+    if isinstance(scaler.provider, LocalNodeProvider):
+        _ = scaler.provider.cluster  # fail now, not in the loop, without a local cluster
+    _current = scaler.start()
+    driver._State.shutdown_hooks.append(stop)
+    return scaler
+
+
+def stop() -> None:
+    """Stop the running autoscaler (the nodes it launched stay until shutdown)."""
+    global _current
+    from raylite.core import driver
+
+    scaler, _current = _current, None
+    if stop in driver._State.shutdown_hooks:
+        driver._State.shutdown_hooks.remove(stop)
+    if scaler is not None:
+        scaler.stop()
+
+
+def get() -> Autoscaler | None:
+    """The autoscaler running in this process, if any."""
+    return _current
