@@ -1,0 +1,22 @@
+"""Live views of a raylite cluster for Jupyter (ipywidgets 8), with static fallbacks.
+
+- :class:`ClusterView`: nodes as cards (resources, store, labels, workers, tasks).
+- :class:`PlacementView`: placement groups and their bundles on the nodes that hold them.
+- :class:`AutoscalerView`: a timeline of demand, nodes per type, launches and failures,
+  with the autoscaler's reasons.
+- :class:`Timeline`: tasks per worker over time (a Gantt chart of ``raylite.timeline()``).
+- :func:`progress`: ``raylite.get`` with a progress bar.
+
+Views only read the state API and the event stream; one shared, throttled thread keeps
+all live views current, and stops at ``raylite.shutdown()``. Rendering is done by pure
+functions of state dicts (``raylite.widgets.render``), which also give each view a static
+HTML and text form where no widget frontend exists (GitHub, nbviewer, plain Python).
+ipywidgets is imported only when a view is made.
+"""
+
+from __future__ import annotations
+
+from raylite.widgets.cluster import ClusterView
+from raylite.widgets.progress import progress
+
+__all__ = ["ClusterView", "progress"]

@@ -1,0 +1,159 @@
+"""raylite.widgets: pure renderers on hand-made state, live views on a real cluster
+(widget models asserted on, no browser), static fallbacks, clean stops."""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+from collections import Counter
+
+import pytest
+
+import raylite
+from raylite.testing import SignalActor, wait_for_condition
+from raylite.widgets import render as R
+from raylite.widgets import updater
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def node(nid, cpu=2.0, avail=2.0, alive=True, labels=None, **kw):
+    return {"node_id": nid, "alive": alive, "resources": {"CPU": cpu},
+            "available": {"CPU": avail}, "labels": {"raylite.io/node-id": nid,
+                                                    **(labels or {})},
+            "store_used": kw.pop("store_used", 0), "store_capacity": kw.pop("cap", 0),
+            "host": "h", "idle_s": 0.0, **kw}
+
+
+def widths(html: str) -> list[str]:
+    return re.findall(r"width:([\d.]+)%", html)
+
+
+def no_widget_threads() -> bool:
+    return updater.current() is None and not any(
+        t.name in ("raylite-widgets", "raylite-events") for t in threading.enumerate())
+
+
+# ------------------------------------------------------------------ pure renderers
+def test_node_card_bars_labels_workers_tasks():
+    n = node("node0-aa", cpu=4, avail=1, labels={"zone": "a"}, store_used=512 << 20,
+             cap=2 << 30, node_type="cpu_small")
+    html = R.node_card(n, workers=[{"state": "leased"}, {"state": "leased"},
+                                   {"state": "idle"}],
+                       actors=[{"class_name": "Counter", "state": "ALIVE"}],
+                       running=Counter({"train": 2}))
+    assert 'data-node-id="node0-aa"' in html and "alive" in html
+    assert widths(html) == ["75.0", "25.0"]  # CPU 3 of 4, store 512 MiB of 2 GiB
+    assert "3/4" in html and "512.0 MiB/2.0 GiB" in html
+    assert "zone=a" in html and "raylite.io/node-id" not in html
+    assert "cpu_small" in html
+    assert "workers: 3 (1 idle, 2 leased)" in html
+    assert "running tasks: <b>2</b> (train ×2)" in html
+    assert "actors: 1 (Counter)" in html
+
+
+def test_dead_node_card_and_header():
+    state = {"nodes": [node("n1", avail=0), node("n2", alive=False)], "workers": [],
+             "actors": [], "demand": {"requests": [{"demand": {"CPU": 1}}],
+                                      "placement_groups": []}}
+    html = R.cluster_html(state, running={})
+    assert "dead" in R.node_card(state["nodes"][1]) and "opacity:.55" in html
+    assert "1 node alive, 1 dead" in html and "CPU 2/2 used" in html
+    assert "1 pending" in html
+    assert html.index("n1") < html.index("n2")  # the head's order
+
+
+def test_running_by_node_drops_tasks_of_idle_workers():
+    tasks = [{"task_id": "1", "name": "f", "state": "RUNNING", "node_id": "a",
+              "worker_id": "w1"},
+             {"task_id": "2", "name": "f", "state": "RUNNING", "node_id": "a",
+              "worker_id": "w2"},
+             {"task_id": "3", "name": "g", "state": "FINISHED", "node_id": "a",
+              "worker_id": "w1"}]
+    assert R.running_by_node(tasks) == {"a": Counter({"f": 2})}
+    workers = [{"worker_id": "w1", "state": "leased"}, {"worker_id": "w2", "state": "idle"}]
+    assert R.running_by_node(tasks, workers) == {"a": Counter({"f": 1})}
+
+
+def test_render_escapes_user_text():
+    html = R.node_card(node("n<1>", labels={"k": "<script>"}))
+    assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+# ------------------------------------------------------------------ live views
+def card_text(view) -> str:
+    return view._header.value + "".join(c.value for c in view._box.children)
+
+
+def test_cluster_view_live(two_nodes):
+    view = raylite.widgets.ClusterView()
+    assert view.live and len(view._box.children) == 2
+    ids = [n["NodeID"] for n in raylite.nodes()]
+    assert all(i in card_text(view) for i in ids)
+    assert "zone=a" in card_text(view) and "zone=b" in card_text(view)
+
+    signal = raylite.remote(num_cpus=0, label_selector={"zone": "a"})(SignalActor).remote()
+
+    @raylite.remote(label_selector={"zone": "b"})
+    def blocked(s):
+        raylite.get(s.wait.remote())
+
+    ref = blocked.remote(signal)
+    wait_for_condition(lambda: "(blocked)" in card_text(view), timeout=10)
+    b_card = next(c.value for c in view._box.children if "zone=b" in c.value)
+    assert "running tasks: <b>1</b> (blocked)" in b_card
+    a_card = next(c.value for c in view._box.children if "zone=a" in c.value)
+    assert "actors: 1 (SignalActor)" in a_card and "(wait)" in a_card  # its running call
+    assert "2 tasks running" in view._header.value
+    cards_before = view._box.children
+    raylite.get(signal.send.remote())
+    raylite.get(ref)
+    wait_for_condition(lambda: "0 tasks running" in view._header.value, timeout=10)
+    assert view._box.children == cards_before  # cards are updated in place, not rebuilt
+    assert "node" in repr(view) and "blocked" not in repr(view)
+    view.close()
+    assert view.closed and not view.live
+    wait_for_condition(no_widget_threads, timeout=5)
+
+
+def test_views_stop_at_shutdown():
+    raylite.init(num_cpus=1)
+    try:
+        views = [raylite.widgets.ClusterView(), raylite.widgets.ClusterView()]
+        assert updater.current() is not None and all(v.live for v in views)
+    finally:
+        raylite.shutdown()
+    wait_for_condition(no_widget_threads, timeout=5)
+    for v in views:
+        assert not v.live and "shutdown" in v._status_w.value
+        assert "node" in v.html()  # the last state stays on show
+    assert not raylite.is_initialized()
+
+
+def test_view_without_cluster_does_not_start_one():
+    view = raylite.widgets.ClusterView()
+    assert not raylite.is_initialized() and not view.live
+    assert "not initialized" in view.html() and "not initialized" in repr(view)
+    view._repr_mimebundle_()  # displaying it does not start one either
+    assert not raylite.is_initialized()
+
+
+def test_static_fallback_without_ipywidgets(shared_cluster, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import ipywidgets fails
+    view = raylite.widgets.ClusterView()
+    assert view.widget is None and not view.live
+    bundle = view._repr_mimebundle_()
+    assert set(bundle) == {"text/plain", "text/html"}
+    node_id = raylite.nodes()[0]["NodeID"]
+    assert node_id in bundle["text/html"] and node_id in bundle["text/plain"]
+    assert "raylite-node" in view._repr_html_()
+
+
+def test_mimebundle_has_widget_and_html(shared_cluster):
+    view = raylite.widgets.ClusterView(live=False)
+    bundle = view._repr_mimebundle_()
+    assert bundle[  # the widget for JupyterLab, HTML for GitHub/nbviewer
+        "application/vnd.jupyter.widget-view+json"]["model_id"] == view.widget.model_id
+    assert "raylite-node" in bundle["text/html"]
+    view.close()
