@@ -13,6 +13,7 @@ import pytest
 import raylite
 from raylite.testing import SignalActor, wait_for_condition
 from raylite.widgets import render as R
+from raylite.widgets import render_placement as RP
 from raylite.widgets import updater
 
 pytestmark = pytest.mark.timeout(60)
@@ -54,14 +55,14 @@ def test_node_card_bars_labels_workers_tasks():
 
 
 def test_dead_node_card_and_header():
-    state = {"nodes": [node("n1", avail=0), node("n2", alive=False)], "workers": [],
+    state = {"nodes": [node("n10", alive=False), node("n2", avail=0)], "workers": [],
              "actors": [], "demand": {"requests": [{"demand": {"CPU": 1}}],
                                       "placement_groups": []}}
     html = R.cluster_html(state, running={})
-    assert "dead" in R.node_card(state["nodes"][1]) and "opacity:.55" in html
+    assert "dead" in R.node_card(state["nodes"][0]) and "opacity:.55" in html
     assert "1 node alive, 1 dead" in html and "CPU 2/2 used" in html
     assert "1 pending" in html
-    assert html.index("n1") < html.index("n2")  # the head's order
+    assert html.index("n2") < html.index("n10")  # natural order of ids
 
 
 def test_running_by_node_drops_tasks_of_idle_workers():
@@ -79,6 +80,51 @@ def test_running_by_node_drops_tasks_of_idle_workers():
 def test_render_escapes_user_text():
     html = R.node_card(node("n<1>", labels={"k": "<script>"}))
     assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def pg(pid, name, bundles, state="CREATED", strategy="PACK", created=0.0):
+    return {"placement_group_id": pid, "name": name, "strategy": strategy, "state": state,
+            "created_at": created, "infeasible": False,
+            "bundles": [{"bundle_index": i, "resources": r, "node_id": n,
+                         "available": dict(r), "label_selector": sel or {}}
+                        for i, (r, n, sel) in enumerate(bundles)]}
+
+
+PG_STATE = {
+    "nodes": [node("n1", cpu=4, labels={"zone": "a"}), node("n2", cpu=2)],
+    "placement_groups": [
+        pg("g2", "spread", [({"CPU": 1}, "n1", {"zone": "a"}), ({"CPU": 1}, "n2", None)],
+           strategy="SPREAD", created=2.0),
+        pg("g1", "pack", [({"CPU": 2}, "n1", None)], created=1.0),
+        pg("g3", "big", [({"CPU": 8}, None, {"zone": "in(a,b)"})], state="PENDING",
+           created=3.0),
+        pg("g0", "old", [({"CPU": 1}, None, None)], state="REMOVED", created=0.5)],
+}
+
+
+def test_group_colors_stable_and_distinct():
+    colors = RP.group_colors(PG_STATE["placement_groups"])
+    assert colors["g0"] == R.PALETTE[0] and colors["g1"] == R.PALETTE[1]  # creation order
+    assert len(set(colors.values())) == 4
+
+
+def test_placement_bundles_on_nodes_and_pending():
+    cards = RP.placement_cards(PG_STATE)
+    colors = RP.group_colors(PG_STATE["placement_groups"])
+    assert list(cards) == ["n1", "n2"]
+    n1 = cards["n1"]
+    # a segment per bundle on n1 (pack: CPU 2 of 4, spread #0: CPU 1 of 4), group colours
+    assert widths(n1) == ["50.0", "25.0"] and "3/4 reserved" in n1
+    assert colors["g1"] in n1 and colors["g2"] in n1 and colors["g3"] not in n1
+    assert "zone: a" in n1 and "<b>spread</b> #0" in n1 and "<b>spread</b> #1" in cards["n2"]
+    pending = RP.pending_bundles(PG_STATE)
+    assert "pending bundles (1)" in pending and "<b>big</b> #0" in pending
+    assert "zone: in(a,b)" in pending and "dashed" in pending
+    table = RP.groups_table(PG_STATE)
+    assert "SPREAD" in table and "PENDING" in table and "1/2" not in table
+    assert "old" not in table and "old" in RP.groups_table(PG_STATE, show_removed=True)
+    assert "4 (" not in RP.placement_header(PG_STATE)  # removed groups not counted
+    assert "3 (2 created, 1 pending)" in RP.placement_header(PG_STATE)
 
 
 # ------------------------------------------------------------------ live views
@@ -139,7 +185,7 @@ def test_view_without_cluster_does_not_start_one():
     assert not raylite.is_initialized()
 
 
-def test_static_fallback_without_ipywidgets(shared_cluster, monkeypatch):
+def test_static_fallback_without_ipywidgets(cluster, monkeypatch):
     monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import ipywidgets fails
     view = raylite.widgets.ClusterView()
     assert view.widget is None and not view.live
@@ -150,10 +196,35 @@ def test_static_fallback_without_ipywidgets(shared_cluster, monkeypatch):
     assert "raylite-node" in view._repr_html_()
 
 
-def test_mimebundle_has_widget_and_html(shared_cluster):
+def test_mimebundle_has_widget_and_html(cluster):
     view = raylite.widgets.ClusterView(live=False)
     bundle = view._repr_mimebundle_()
     assert bundle[  # the widget for JupyterLab, HTML for GitHub/nbviewer
         "application/vnd.jupyter.widget-view+json"]["model_id"] == view.widget.model_id
     assert "raylite-node" in bundle["text/html"]
+    view.close()
+
+
+def test_placement_view_live(two_nodes):
+    from raylite.util import placement_group, remove_placement_group
+
+    view = raylite.widgets.PlacementView()
+    assert "no placement groups" in view._groups.value and len(view._box.children) == 2
+    g = placement_group([{"CPU": 0.5}, {"CPU": 0.5}], strategy="STRICT_SPREAD", name="demo",
+                        bundle_label_selector=[{"zone": "a"}, {"zone": "b"}])
+    big = placement_group([{"CPU": 4}], name="toobig")
+    assert g.wait(10)
+
+    def placed() -> bool:
+        cards = [c.value for c in view._box.children]
+        return all("<b>demo</b>" in c for c in cards) and "toobig" in view._pending.value
+    wait_for_condition(placed, timeout=10)
+    assert "STRICT_SPREAD" in view._groups.value and "zone: a" in view._groups.value
+    color = RP.group_colors(view.state["placement_groups"])[g.id.hex()]
+    assert all(color in c.value for c in view._box.children)
+    remove_placement_group(g)
+    remove_placement_group(big)
+    wait_for_condition(lambda: "demo" not in view._groups.value and not view._pending.value,
+                       timeout=10)
+    assert "demo" in repr(view) or "no placement groups" in repr(view)
     view.close()

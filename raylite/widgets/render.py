@@ -10,6 +10,7 @@ borders are translucent grey, fills are mid-tone colours readable on both.
 from __future__ import annotations
 
 import html
+import re
 import time
 from collections import Counter
 
@@ -62,6 +63,14 @@ def short(ident, n: int = 8) -> str:
 def user_labels(labels: dict) -> dict:
     """Labels minus the ones raylite sets that the card already shows (node id)."""
     return {k: v for k, v in (labels or {}).items() if k != "raylite.io/node-id"}
+
+
+def ordered_nodes(nodes) -> list[dict]:
+    """Nodes in a stable, natural order of their ids (node2 before node10), whatever
+    order they registered in."""
+    def key(n):
+        return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(n.get("node_id")))]
+    return sorted(nodes or (), key=key)
 
 
 def chip(text: str, color: str = "rgba(127,127,127,.6)", dashed: bool = False) -> str:
@@ -170,11 +179,11 @@ def node_card(node: dict, workers=(), actors=(), running: Counter | None = None)
 
 
 def cluster_cards(state: dict, running: dict[str, Counter] | None = None) -> dict[str, str]:
-    """``{node_id: card html}`` in the head's order (registration order)."""
+    """``{node_id: card html}`` in the order of :func:`ordered_nodes`."""
     workers, actors = state.get("workers") or [], state.get("actors") or []
     running = running if running is not None else {}
     cards = {}
-    for n in state.get("nodes") or []:
+    for n in ordered_nodes(state.get("nodes")):
         nid = n.get("node_id")
         cards[nid] = node_card(n, [w for w in workers if w.get("node_id") == nid],
                                [a for a in actors if a.get("node_id") == nid],
