@@ -575,12 +575,23 @@ class CoreWorker:
         with self._lock:
             entry = self._entry_for(ref)
             if entry.desc is None:
-                entry.callbacks.append(lambda: threading.Thread(target=done, daemon=True).start())
+                entry.callbacks.append(lambda: self._resolve_future(ref, done))
                 if entry.owner is not None:
                     self._request_borrowed(ref.id, entry)
                 return fut
         done()
         return fut
+
+    def _resolve_future(self, ref: ObjectRef, done) -> None:
+        """Resolve a future made by ``as_future`` once its object is ready (IO thread,
+        lock held). A small inline value or an error is read right here: a thread per
+        result would cost more than the read (it made ``await ref`` slow under load);
+        one that may need a transfer from another node is read on its own thread."""
+        entry = self._objects.get(ref.id)
+        if entry is not None and entry.desc is not None and entry.desc[0] != "s":
+            done()
+        else:
+            threading.Thread(target=done, daemon=True).start()
 
     # ------------------------------------------------------------------ tasks
     def encode_args(self, args: tuple, kwargs: dict):

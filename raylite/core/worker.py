@@ -189,15 +189,37 @@ class Executor:
         count = 0
         try:
             for value in gen:
-                desc = self.describe(value, return_id(tid, count + 1))
-                self.core.outbox.send(owner, P.encode(P.STREAM_ITEM, {
-                    "task_id": tid, "index": count, "desc": desc}))
+                self.stream_item(tid, owner, count, value)
                 count += 1
         except BaseException as e:  # noqa: BLE001
             reply = self.error_reply(tid, body.get("name") or body.get("method"), e)
             reply["count"] = count
             return reply
         return {"task_id": tid, "count": count}
+
+    async def stream_async(self, body: dict, agen) -> dict:
+        """``stream`` for an async generator: each value goes out as soon as it is yielded
+        (not once the generator is exhausted)."""
+        import asyncio
+
+        tid, owner = body["task_id"], body["owner"]
+        count = 0
+        try:
+            async for value in agen:
+                self.stream_item(tid, owner, count, value)
+                count += 1
+        except BaseException as e:  # noqa: BLE001
+            if isinstance(e, asyncio.CancelledError):
+                e = exc.TaskCancelledError()
+            reply = self.error_reply(tid, body.get("method"), e)
+            reply["count"] = count
+            return reply
+        return {"task_id": tid, "count": count}
+
+    def stream_item(self, tid: bytes, owner: str, index: int, value) -> None:
+        desc = self.describe(value, return_id(tid, index + 1))
+        self.core.outbox.send(owner, P.encode(P.STREAM_ITEM, {
+            "task_id": tid, "index": index, "desc": desc}))
 
     # ------------------------------------------------------------------ tasks
     def on_execute(self, body: dict) -> None:
@@ -380,7 +402,7 @@ class Executor:
                         result = await result
                     if body.get("stream"):
                         if inspect.isasyncgen(result):
-                            result = await _collect_async(result)
+                            return await self.stream_async(body, result)
                         return self.stream(body, result)
                     return {"task_id": tid, "results": self.package(result, body["nret"], tid)}
                 except asyncio.CancelledError:
@@ -410,10 +432,6 @@ def extend_sys_path(paths) -> None:
     for path in paths or ():
         if path not in sys.path:
             sys.path.append(path)
-
-
-async def _collect_async(agen) -> list:
-    return [v async for v in agen]
 
 
 def main(forked: bool = False) -> None:
