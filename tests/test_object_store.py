@@ -61,11 +61,15 @@ def test_object_on_dead_node_without_retries_is_lost(two_node_cluster):
         ray.get(arr_ref, timeout=10)
 
 
-def _store_bytes(session: str) -> int:
+def _store_bytes(session: str, pool: bool = False) -> int:
+    """Bytes of live objects in the session's stores (or, with ``pool``, of the freed
+    files kept for reuse)."""
     from raylite.core import store
 
     total = 0
     for root, _dirs, files in os.walk(store.session_dir(session)):
+        if (os.path.basename(root) == store.FREE_DIR) != pool:
+            continue
         for f in files:
             try:
                 total += os.path.getsize(os.path.join(root, f))
@@ -86,6 +90,26 @@ def test_put_del_loop_keeps_store_usage_bounded(cluster):
             peak = max(peak, _store_bytes(cluster.session))
     wait_for_condition(lambda: _store_bytes(cluster.session) == 0, timeout=10)
     assert peak < 200 * 1024 * 1024
+    # freed files are kept for reuse, within the pool's bound
+    from raylite.core import store
+
+    assert _store_bytes(cluster.session, pool=True) <= store.POOL_MAX
+
+
+def test_recycled_file_never_changes_under_a_reader(cluster):
+    """A freed object's file is reused only when no process maps it: a zero-copy view
+    kept after its ref is gone still shows the old bytes while new puts churn."""
+    first = ray.put(np.full(4 << 20, 7, dtype=np.uint8))
+    view = ray.get(first)
+    del first
+    for i in range(20):
+        ref = ray.put(np.full(4 << 20, i, dtype=np.uint8))
+        assert int(ray.get(ref)[-1]) == i
+        del ref
+    assert int(view.min()) == 7 == int(view.max())
+    del view
+    ref = ray.put(np.full(4 << 20, 9, dtype=np.uint8))  # now that file may be reused
+    assert int(ray.get(ref).min()) == 9
 
 
 def test_referenced_object_is_never_freed(cluster):
@@ -181,3 +205,17 @@ def test_pulled_copies_are_freed_with_the_object(two_nodes):
     assert os.path.exists(copy)
     del ref
     wait_for_condition(lambda: not os.path.exists(copy), timeout=10)
+
+
+def test_pool_trim_and_drop(tmp_path):
+    from raylite.core import store
+
+    free = tmp_path / store.FREE_DIR
+    free.mkdir()
+    old, new = free / f"{2 << 20}-old", free / f"{2 << 20}-new"
+    for f in (old, new):
+        f.write_bytes(b"x" * (2 << 20))
+    os.utime(old, (1, 1))
+    store.trim_pool(str(tmp_path), idle_s=60)
+    assert not old.exists() and new.exists()
+    assert store.drop_pool(str(tmp_path)) == 2 << 20 and not new.exists()

@@ -164,7 +164,7 @@ class Agent:
         poller.register(wake, zmq.POLLIN)
         for _ in range(self.warm):
             self.spawn_worker({}, "")
-        last_beat = 0.0
+        last_beat = last_trim = 0.0
         while self.running:
             ready = dict(poller.poll(50))
             if self.inbox in ready:
@@ -193,6 +193,9 @@ class Agent:
             if now - last_beat > HEARTBEAT_S:
                 last_beat = now
                 used, count = store.usage(self.store_dir)
+                if now - last_trim > 5.0:
+                    last_trim = now
+                    store.trim_pool(self.store_dir)
                 self.send_head(P.HEARTBEAT, {
                     "node_id": self.node_id, "transfers": self.transfers.completed,
                     "store_used": used, "store_objects": count,

@@ -8,16 +8,29 @@ removes the whole session directory at shutdown, so nothing stays in /dev/shm.
 
 File layout: ``MAGIC | n_buffers:u32 | meta_len:u64 | (offset:u64, len:u64) * n | meta |
 buffers`` with every buffer aligned to 64 bytes.
+
+Recycling: touching fresh shared memory costs more than copying into it (the kernel
+allocates and zeroes every page on first touch), so a freed object's file is not
+unlinked but kept in the node's ``.free`` pool, pages and all, and the next put of a
+similar size writes into it at memcpy speed. A file is recycled only when no process
+maps it: every reader holds a shared ``flock`` on it for as long as its mapping lives
+(released by a finalizer when the last view goes), and the freer recycles only if it can
+take the lock exclusively; otherwise it unlinks the file as before and the readers keep
+their pages.
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
+import resource
 import shutil
 import struct
 import tempfile
+import uuid
 import warnings
+import weakref
 
 from raylite.core.serialization import Serialized
 
@@ -26,6 +39,24 @@ _ALIGN = 64
 SHM_ROOT = "/dev/shm"
 ROOT_ENV = "RAYLITE_STORE_ROOT"
 MIN_SHM_FREE = int(os.environ.get("RAYLITE_MIN_SHM_FREE", str(256 << 20)))
+FREE_DIR = ".free"
+RECYCLE_MIN = 1 << 20   # smaller files are cheap to make afresh
+POOL_MAX = int(os.environ.get("RAYLITE_STORE_POOL_BYTES", str(512 << 20)))  # per node
+POOL_IDLE_S = 30.0  # the agent unlinks pooled files nobody reused for this long
+
+
+def _raise_fd_limit() -> None:
+    """Readers keep one descriptor per mapped object (its lock): allow many."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = hard if hard != resource.RLIM_INFINITY else 1 << 16
+        if soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, 1 << 20), hard))
+    except (ValueError, OSError):
+        pass
+
+
+_raise_fd_limit()
 
 
 def store_root() -> str:
@@ -83,15 +114,27 @@ def write(directory: str, name: str, s: Serialized) -> tuple[str, int]:
     struct.pack_into("<IQ", head, len(MAGIC), n, len(s.meta))
     for i, (o, ln) in enumerate(table):
         struct.pack_into("<QQ", head, len(MAGIC) + 12 + 16 * i, o, ln)
-    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    reused = size >= RECYCLE_MIN and _take_free(directory, size, tmp)
+    fd = os.open(tmp, os.O_CREAT | os.O_RDWR | (0 if reused else os.O_TRUNC), 0o600)
     try:
         os.ftruncate(fd, size)
-        # write(2), not a mapping: on tmpfs it runs at memcpy-into-fresh-memory speed,
-        # more than twice as fast as page-faulting a new mapping
-        _pwrite_all(fd, head, 0)
-        _pwrite_all(fd, s.meta, header)
-        for (o, _), b in zip(table, s.buffers, strict=True):
-            _pwrite_all(fd, memoryview(b).cast("B"), o)
+        if reused:
+            # its pages exist: map them all at once (MAP_POPULATE) and copy at memcpy speed
+            m = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+            try:
+                m[:header] = head
+                m[header: header + len(s.meta)] = s.meta
+                for (o, ln), b in zip(table, s.buffers, strict=True):
+                    m[o: o + ln] = memoryview(b).cast("B")
+            finally:
+                m.close()
+        else:
+            # write(2), not a mapping: on tmpfs it runs at memcpy-into-fresh-memory speed,
+            # more than twice as fast as page-faulting a new mapping
+            _pwrite_all(fd, head, 0)
+            _pwrite_all(fd, s.meta, header)
+            for (o, _), b in zip(table, s.buffers, strict=True):
+                _pwrite_all(fd, memoryview(b).cast("B"), o)
     finally:
         os.close(fd)
     os.rename(tmp, path)
@@ -108,19 +151,23 @@ def _pwrite_all(fd: int, data, offset: int) -> None:
 
 def read(path: str) -> tuple[bytes, list[memoryview]]:
     """Map an object file (from the store, or from disk if it was spilled); returns its
-    meta and read-only views of its buffers."""
+    meta and read-only views of its buffers. The file stays locked (shared) while any
+    view of the mapping lives, so it is never recycled under a reader."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         fd = os.open(spill_path(path), os.O_RDONLY)
     try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
         size = os.fstat(fd).st_size
         # copy-on-write: a reader that writes into a zero-copy tensor gets private pages
         # instead of a crash, and the stored object never changes; NumPy views are
         # read-only anyway (the memoryview is)
         m = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    weakref.finalize(m, os.close, fd)  # the lock goes with the last view of the mapping
     return parse_bytes(memoryview(m).toreadonly())
 
 
@@ -141,11 +188,93 @@ def parse_bytes(data) -> tuple[bytes, list[memoryview]]:
 
 
 def delete(path: str) -> None:
-    for p in (path, spill_path(path)):
+    """Free an object: recycle its file into the node's pool when nobody maps it and it
+    is worth keeping, else unlink it (a reader's mapping keeps its pages alive)."""
+    if not _recycle(path):
         try:
-            os.unlink(p)
+            os.unlink(path)
         except FileNotFoundError:
             pass
+    try:
+        os.unlink(spill_path(path))
+    except FileNotFoundError:
+        pass
+
+
+def _recycle(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        if size < RECYCLE_MIN:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # mapped by a reader: its pages must stay as they are
+        free = os.path.join(os.path.dirname(path), FREE_DIR)
+        os.makedirs(free, exist_ok=True)
+        pooled = _pool(free)
+        if sum(sz for sz, _ in pooled) + size > POOL_MAX:
+            return False
+        os.rename(path, os.path.join(free, f"{size}-{uuid.uuid4().hex[:12]}"))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _pool(free: str) -> list[tuple[int, str]]:
+    out = []
+    try:
+        for e in os.scandir(free):
+            size, _, _ = e.name.partition("-")
+            if size.isdigit():
+                out.append((int(size), e.path))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def _take_free(directory: str, size: int, dest: str) -> bool:
+    """Move a pooled file of about ``size`` bytes (size to 1.5x) to ``dest``."""
+    fits = sorted(c for c in _pool(os.path.join(directory, FREE_DIR))
+                  if size <= c[0] <= size + size // 2)
+    for _, path in fits:
+        try:
+            os.rename(path, dest)  # atomic: two writers never get the same file
+            return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def trim_pool(directory: str, idle_s: float = POOL_IDLE_S) -> None:
+    """Unlink pooled files not reused for ``idle_s`` (their pages go back to the OS)."""
+    import time
+
+    now = time.time()
+    for _, path in _pool(os.path.join(directory, FREE_DIR)):
+        try:
+            if now - os.stat(path).st_mtime > idle_s:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def drop_pool(directory: str) -> int:
+    """Unlink a node's pooled files (to make room); returns the bytes released."""
+    released = 0
+    for size, path in _pool(os.path.join(directory, FREE_DIR)):
+        try:
+            os.unlink(path)
+            released += size
+        except FileNotFoundError:
+            pass
+    return released
 
 
 def delete_everywhere(path: str) -> None:
@@ -176,6 +305,8 @@ def usage(directory: str) -> tuple[int, int]:
     total = count = 0
     try:
         for e in os.scandir(directory):
+            if e.name == FREE_DIR:
+                continue
             try:
                 total += e.stat().st_size
                 count += 1
@@ -204,9 +335,15 @@ def make_room(directory: str, need: int, cap: int) -> None:
     ``cap``; raise ObjectStoreFullError when even an empty store could not hold them.
     Readers find spilled objects on disk; a reader that has an object mapped keeps its
     view (the memory is released when it unmaps)."""
-    entries = [e for e in os.scandir(directory) if not e.name.endswith(".tmp")]
+    entries = [e for e in os.scandir(directory)
+               if not e.name.endswith(".tmp") and e.name != FREE_DIR]
     sizes = {e.path: e.stat().st_size for e in entries}
     used = sum(sizes.values())
+    pooled = sum(size for size, _ in _pool(os.path.join(directory, FREE_DIR)))
+    if used + pooled + need <= cap:
+        return
+    if pooled:  # pooled pages count against the capacity: give them back first
+        drop_pool(directory)
     if used + need <= cap:
         return
     for e in sorted(entries, key=lambda e: e.stat().st_mtime_ns):

@@ -172,7 +172,7 @@ def list_objects(filters=None, limit: int | None = None, as_df: bool = False, de
             if not nd.is_dir():
                 continue
             for f in os.scandir(nd.path):
-                if f.name.endswith(".tmp") or f.name in seen:
+                if f.name.endswith(".tmp") or f.name.startswith(".") or f.name in seen:
                     continue
                 try:
                     size = f.stat().st_size
