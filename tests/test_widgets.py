@@ -13,6 +13,7 @@ import pytest
 import raylite
 from raylite.testing import SignalActor, wait_for_condition
 from raylite.widgets import render as R
+from raylite.widgets import render_autoscaler as RA
 from raylite.widgets import render_placement as RP
 from raylite.widgets import updater
 
@@ -127,6 +128,64 @@ def test_placement_bundles_on_nodes_and_pending():
     assert "3 (2 created, 1 pending)" in RP.placement_header(PG_STATE)
 
 
+STATUS = {
+    "running": True,
+    "node_types": {
+        "spot": {"resources": {"CPU": 1}, "labels": {"market": "spot"}, "min_workers": 0,
+                 "max_workers": 2, "running": 0, "launching": 0, "availability": 0.0,
+                 "last_failure": 105.0, "launches": 1, "failures": 1},
+        "ondemand": {"resources": {"CPU": 1}, "labels": {}, "min_workers": 0,
+                     "max_workers": 1, "running": 1, "launching": 0, "availability": 1.0,
+                     "last_failure": None, "launches": 1, "failures": 0}},
+    "unavailable": {"spot": {"score": 0.0, "last_failure": 105.0}},
+    "decisions": [
+        {"time": 101.0, "action": "launch", "node_type": "spot", "count": 1,
+         "reason": "pending: 1 task {CPU: 1}"},
+        {"time": 105.0, "action": "launch_failed", "node_type": "spot", "count": 1,
+         "reason": "spot-1: not running after 4s (launch timeout)"},
+        {"time": 105.0, "action": "launch", "node_type": "ondemand", "count": 1,
+         "reason": "pending: 1 task {CPU: 1}"}],
+}
+
+
+def test_autoscaler_samples_from_state_and_fallbacks():
+    state = {"time": 100.0, "autoscaler": STATUS, "nodes": [],
+             "demand": {"requests": [{}, {}], "placement_groups": [
+                 pg("g", "", [({"CPU": 1}, None, None), ({"CPU": 1}, "n1", None)],
+                    state="PENDING")]}}
+    assert RA.sample(state) == {"t": 100.0, "pending": 3, "unavailable": ["spot"],
+                                "types": {"spot": [0, 0], "ondemand": [1, 0]}}
+    # no autoscaler report: nodes counted by their node type; summary pending counts
+    bare = {"time": 1.0, "nodes": [node("a", node_type="cpu"), node("b", node_type="cpu"),
+                                   node("c", node_type="cpu", alive=False)]}
+    assert RA.sample(bare)["types"] == {"cpu": [2, 0]} and RA.sample(bare)["pending"] == 0
+    assert RA.pending_count({"autoscaler": {"pending": {"requests": 2,
+                                                         "placement_groups": 1}}}) == 3
+    merged = RA.merge_decisions(STATUS["decisions"][:2], STATUS["decisions"])
+    assert [d["time"] for d in merged] == [101.0, 105.0, 105.0]
+
+
+def test_autoscaler_timeline_svg_markers_bands_and_reasons():
+    samples = [{"t": 100.0 + i, "pending": 1 if i < 6 else 0, "types": {
+        "spot": [0, 1 if 1 <= i < 5 else 0], "ondemand": [1 if i >= 6 else 0, 0]},
+        "unavailable": ["spot"] if i >= 5 else []} for i in range(10)]
+    html = RA.autoscaler_html(STATUS, samples, STATUS["decisions"], now=110.0)
+    svg = html[html.index("<svg"):html.index("</svg>")]
+    assert svg.count('data-action="launch"') == 2 and 'data-action="launch_failed"' in svg
+    assert "launch timeout" in svg  # the reason, as the marker's tooltip
+    assert svg.count("unavailable</title>") == 1  # one red band for spot
+    assert ">spot</text>" in svg and ">ondemand</text>" in svg  # a lane per type
+    colors = RA.type_colors(["spot", "ondemand"])
+    assert colors["spot"] in svg and colors["ondemand"] in svg and RA.PENDING_COLOR in svg
+    assert "unavailable: spot (score 0.00)" in html and "1 pending" not in html
+    table = RA.node_types_table(STATUS, now=110.0)
+    assert "market=spot" in table and "unavailable 0.00" in table and "failed 5s ago" in table
+    log = RA.decisions_list(STATUS["decisions"])
+    # newest first
+    assert log.index("<b>ondemand</b>") < log.index("launch timeout") < log.rindex("<b>spot")
+    assert "no report yet" in RA.autoscaler_html(None, [], [])
+
+
 # ------------------------------------------------------------------ live views
 def card_text(view) -> str:
     return view._header.value + "".join(c.value for c in view._box.children)
@@ -228,3 +287,32 @@ def test_placement_view_live(two_nodes):
                        timeout=10)
     assert "demo" in repr(view) or "no placement groups" in repr(view)
     view.close()
+
+
+def test_autoscaler_view_live_failure_and_fallback():
+    from raylite import autoscaler
+
+    raylite.init(num_cpus=0, autoscaler={
+        "node_types": {"broken": {"resources": {"CPU": 1}}, "fine": {"resources": {"CPU": 1}}},
+        "interval_s": 0.1, "idle_timeout_s": 60, "launch_timeout_s": 15})
+    try:
+        autoscaler.get().provider.set_failing("broken")
+        view = raylite.widgets.AutoscalerView()
+        assert "broken" in view._table.value and view.live
+
+        @raylite.remote
+        def one():
+            return 1
+
+        assert raylite.get(one.remote(), timeout=30) == 1
+        wait_for_condition(lambda: 'data-action="launch_failed"' in view._svg.value and
+                           'data-action="node_running"' in view._svg.value, timeout=10)
+        assert "failed (simulated)" in view._log.value
+        assert "unavailable: broken" in view._header.value
+        assert 'data-node-type="fine"' in view._table.value
+        assert len(view.samples) >= 2  # a point per refresh (the demand may come and go
+        # between two: the view samples at most 4 times a second)
+        assert "launch_failed broken" in repr(view)
+    finally:
+        raylite.shutdown()
+    wait_for_condition(no_widget_threads, timeout=5)

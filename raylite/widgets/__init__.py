@@ -16,8 +16,9 @@ ipywidgets is imported only when a view is made.
 
 from __future__ import annotations
 
+from raylite.widgets.autoscaler import AutoscalerView
 from raylite.widgets.cluster import ClusterView
 from raylite.widgets.placement import PlacementView
 from raylite.widgets.progress import progress
 
-__all__ = ["ClusterView", "PlacementView", "progress"]
+__all__ = ["ClusterView", "PlacementView", "AutoscalerView", "progress"]

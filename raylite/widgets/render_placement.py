@@ -17,6 +17,7 @@ from raylite.widgets.render import (
     ORANGE,
     PALETTE,
     RED,
+    SLATE,
     TRACK,
     badge,
     chip,
@@ -30,7 +31,7 @@ from raylite.widgets.render import (
 )
 
 STATE_COLORS = {"CREATED": GREEN, "PENDING": ORANGE, "RESCHEDULING": ORANGE,
-                "REMOVED": GREY}
+                "REMOVED": SLATE}
 
 
 def group_colors(pgs) -> dict[str, str]:
@@ -177,7 +178,7 @@ def groups_table(state: dict, show_removed: bool = False) -> str:
             f'inline-block;width:12px;height:12px;border-radius:2px;background:{color}">'
             f"</span></td><td {td}><b>{esc(group_name(pg))}</b></td>"
             f"<td {td}>{esc(pg.get('strategy', '?'))}</td>"
-            f"<td {td}>{badge(state_txt, STATE_COLORS.get(state_txt, GREY))}{esc(note)}</td>"
+            f"<td {td}>{badge(state_txt, STATE_COLORS.get(state_txt, SLATE))}{esc(note)}</td>"
             f"<td {td}>{placed}/{len(bundles)}</td><td {td}>{esc(sels) or '-'}</td></tr>")
     return (f'<table class="raylite-groups" style="{FONT};border-collapse:collapse;'
             f'margin:4px 0">'
