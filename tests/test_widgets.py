@@ -15,6 +15,7 @@ from raylite.testing import SignalActor, wait_for_condition
 from raylite.widgets import render as R
 from raylite.widgets import render_autoscaler as RA
 from raylite.widgets import render_placement as RP
+from raylite.widgets import render_timeline as RT
 from raylite.widgets import updater
 
 pytestmark = pytest.mark.timeout(60)
@@ -186,6 +187,31 @@ def test_autoscaler_timeline_svg_markers_bands_and_reasons():
     assert "no report yet" in RA.autoscaler_html(None, [], [])
 
 
+def task(name, node_id, worker, start, end, state="FINISHED", **kw):
+    return {"name": name, "node_id": node_id, "worker_id": worker, "start": start,
+            "end": end, "state": state, "error": None, **kw}
+
+
+def test_gantt_lanes_bars_failures_and_running():
+    nan = float("nan")  # what a DataFrame holds for a missing end
+    recs = [task("mod.<locals>.f", "node1-x", "w1", 10.0, 11.0),
+            task("g", "node0-x", "w2", 10.5, 12.0, state="FAILED", error="boom"),
+            task("f", "node0-x", "w3", None, nan, state="RUNNING", sent=11.0),
+            task("f", None, None, None, None, state="PENDING_NODE_ASSIGNMENT")]
+    items = RT.bars(recs, now=14.0)
+    assert [b["name"] for b in items] == ["f", "g", "f"]  # oldest first, short names
+    assert items[2]["running"] and items[2]["end"] == 14.0 and items[1]["failed"]
+    svg = RT.gantt_svg(recs, now=14.0, width=560)  # 400 px of plot for 4 s
+    assert svg.count('class="raylite-task"') == 3 and "3 tasks on 3 workers" in svg
+    assert svg.index("node0-x · w2") < svg.index("node0-x · w3") < svg.index("node1-x")
+    assert f'stroke="{R.RED}"' in svg and 'stroke-dasharray="3 2"' in svg
+    assert 'x="150.0" y="' in svg and 'width="100.0"' in svg  # f: 10-11 s on 0-4 s
+    assert "g · failed · 1.5 s" in svg
+    many = [task("t", "n", "w", float(i), i + 0.5) for i in range(50)]
+    assert "the latest 10 of 50" in RT.gantt_svg(many, max_bars=10)
+    assert "no tasks" in RT.gantt_svg([])
+
+
 # ------------------------------------------------------------------ live views
 def card_text(view) -> str:
     return view._header.value + "".join(c.value for c in view._box.children)
@@ -316,3 +342,29 @@ def test_autoscaler_view_live_failure_and_fallback():
     finally:
         raylite.shutdown()
     wait_for_condition(no_widget_threads, timeout=5)
+
+
+def test_timeline_from_cluster_live_and_from_a_dataframe(cluster):
+    @raylite.remote
+    def square(x):
+        return x * x
+
+    raylite.get([square.remote(i) for i in range(4)])
+    static = raylite.widgets.Timeline()
+    wait_for_condition(lambda: (static.refresh() or True) and
+                       static._chart.value.count('data-name="square"') == 4, timeout=10)
+    live = raylite.widgets.Timeline(live=True)
+    assert live.live and not static.live
+
+    @raylite.remote
+    def cube(x):
+        return x ** 3
+
+    raylite.get([cube.remote(i) for i in range(3)])
+    wait_for_condition(lambda: live._chart.value.count('data-name="cube"') == 3, timeout=10)
+    df = raylite.timeline()
+    live.close()
+    raylite.shutdown()
+    offline = raylite.widgets.Timeline(df)  # no cluster needed
+    assert offline._chart.value.count('class="raylite-task"') == 7
+    assert "7 tasks" in repr(offline) and "square" in offline.html()

@@ -20,5 +20,6 @@ from raylite.widgets.autoscaler import AutoscalerView
 from raylite.widgets.cluster import ClusterView
 from raylite.widgets.placement import PlacementView
 from raylite.widgets.progress import progress
+from raylite.widgets.timeline import Timeline
 
-__all__ = ["ClusterView", "PlacementView", "AutoscalerView", "progress"]
+__all__ = ["ClusterView", "PlacementView", "AutoscalerView", "Timeline", "progress"]

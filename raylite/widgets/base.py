@@ -60,6 +60,9 @@ class LiveView:
         w = ipywidgets()
         self._status_w = w.HTML() if w is not None else None
         self.widget = self._build(w) if w is not None else None
+        if self._given_data():
+            self.refresh()
+            return
         if self._core is None:
             self._set_status("raylite is not initialized: call raylite.init() first")
             return
@@ -171,6 +174,10 @@ class LiveView:
                 self._set_status(f"cannot read the cluster state: {e}")
 
     # ------------------------------------------------------- for subclasses
+    def _given_data(self) -> bool:
+        """True for a view drawn from data it was given (no cluster needed)."""
+        return False
+
     def _build(self, w):
         raise NotImplementedError
 
