@@ -368,3 +368,22 @@ def test_timeline_from_cluster_live_and_from_a_dataframe(cluster):
     offline = raylite.widgets.Timeline(df)  # no cluster needed
     assert offline._chart.value.count('class="raylite-task"') == 7
     assert "7 tasks" in repr(offline) and "square" in offline.html()
+
+
+def test_progress_returns_values(cluster, capsys):
+    @raylite.remote
+    def inc(x):
+        return x + 1
+
+    assert raylite.widgets.progress([inc.remote(i) for i in range(5)]) == [1, 2, 3, 4, 5]
+    assert "5/5" in capsys.readouterr().err  # tqdm's text bar outside a notebook
+
+
+def test_import_stays_cheap():
+    import subprocess
+
+    code = ("import sys, raylite, raylite.widgets; assert 'raylite.widgets' in sys.modules; "
+            "assert 'ipywidgets' not in sys.modules, 'ipywidgets imported before a view'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+    code = "import sys, raylite; assert 'raylite.widgets' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)

@@ -31,6 +31,7 @@ _BYTES = ("memory", "object_store_memory")
 
 
 def esc(value) -> str:
+    """HTML-escape any value (user text: names, labels, reasons)."""
     return html.escape(str(value), quote=True)
 
 
@@ -52,6 +53,7 @@ def fmt_amount(resource: str, value: float) -> str:
 
 
 def fmt_resources(res: dict) -> str:
+    """{'CPU': 2, 'memory': 1024} -> 'CPU 2, memory 1.0 KiB'."""
     return ", ".join(f"{k} {fmt_amount(k, v)}" for k, v in (res or {}).items())
 
 
@@ -75,12 +77,14 @@ def ordered_nodes(nodes) -> list[dict]:
 
 
 def chip(text: str, color: str = "rgba(127,127,127,.6)", dashed: bool = False) -> str:
+    """A rounded outline around short text (labels); ``text`` is already HTML."""
     style = "dashed" if dashed else "solid"
     return (f'<span style="display:inline-block;border:1px {style} {color};border-radius:9px;'
             f'padding:0 6px;margin:1px 3px 1px 0;white-space:nowrap">{text}</span>')
 
 
 def badge(text: str, color: str) -> str:
+    """White text on a solid colour (states: alive, dead, CREATED...)."""
     return (f'<span style="background:{color};color:#fff;border-radius:3px;padding:0 5px;'
             f'font-size:11px;font-weight:600">{esc(text)}</span>')
 
@@ -106,7 +110,13 @@ def counts_text(counter: Counter, limit: int = 4) -> str:
     return ", ".join(parts)
 
 
+def plural(n: int, word: str) -> str:
+    """(1, 'task') -> '1 task'; (2, 'task') -> '2 tasks'."""
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
 def stamp(t: float | None = None) -> str:
+    """A wall-clock time as HH:MM:SS (local time)."""
     return time.strftime("%H:%M:%S", time.localtime(t if t is not None else time.time()))
 
 
@@ -196,7 +206,7 @@ def cluster_header(state: dict, running: dict[str, Counter] | None = None) -> st
     """One line over the cards: nodes alive/dead, cluster CPU/GPU use, tasks, demand."""
     nodes = state.get("nodes") or []
     alive = [n for n in nodes if n.get("alive", True)]
-    parts = [f"<b>raylite cluster</b> · {len(alive)} node{'s' * (len(alive) != 1)} alive"]
+    parts = [f"<b>raylite cluster</b> · {plural(len(alive), 'node')} alive"]
     if len(nodes) > len(alive):
         parts[-1] += f", {len(nodes) - len(alive)} dead"
     for k in ("CPU", "GPU"):
@@ -205,10 +215,11 @@ def cluster_header(state: dict, running: dict[str, Counter] | None = None) -> st
             used = tot - sum((n.get("available") or {}).get(k, 0.0) for n in alive)
             parts.append(f"{k} {used:g}/{tot:g} used")
     if running is not None:
-        parts.append(f"{sum(sum(c.values()) for c in running.values())} tasks running")
+        parts.append(plural(sum(sum(c.values()) for c in running.values()), "task") +
+                     " running")
     actors = [a for a in state.get("actors") or [] if a.get("state") == "ALIVE"]
     if state.get("actors") is not None:
-        parts.append(f"{len(actors)} actors")
+        parts.append(plural(len(actors), "actor"))
     demand = state.get("demand") or {}
     pending = len(demand.get("requests") or []) + len(demand.get("placement_groups") or [])
     if pending:
@@ -217,6 +228,7 @@ def cluster_header(state: dict, running: dict[str, Counter] | None = None) -> st
 
 
 def flex(items) -> str:
+    """Cards side by side, wrapping to the next row."""
     return ('<div style="display:flex;flex-wrap:wrap;align-items:flex-start">' +
             "".join(items) + "</div>")
 

@@ -41,6 +41,7 @@ def _num(x, default=0) -> float:
 
 
 def type_colors(names) -> dict[str, str]:
+    """A colour per node type, in the order the types are declared."""
     return {t: TYPE_COLORS[i % len(TYPE_COLORS)] for i, t in enumerate(names)}
 
 
@@ -76,6 +77,7 @@ def type_counts(state: dict) -> dict[str, list[int]]:
 
 
 def unavailable_types(status: dict | None) -> dict[str, dict]:
+    """``{node type: {score, last_failure, ...}}`` of the types reported unavailable."""
     un = (status or {}).get("unavailable")
     if isinstance(un, dict):
         return {t: v if isinstance(v, dict) else {"score": v} for t, v in un.items()}
@@ -92,6 +94,7 @@ def sample(state: dict, now: float | None = None) -> dict:
 
 
 def decision_key(d: dict) -> tuple:
+    """What makes a decision the same one when it is reported twice."""
     return (d.get("time"), d.get("action"), d.get("node_type"), str(d.get("node_ids")),
             d.get("reason"))
 
@@ -293,6 +296,7 @@ def decisions_list(decisions: list[dict], limit: int = 10) -> str:
 
 
 def autoscaler_header(status: dict | None, last: dict | None) -> str:
+    """One line: running or not, pending demand, autoscaled nodes, unavailable types."""
     if not status:
         return (f'<div style="{FONT}"><b>autoscaler</b> · no report yet (start one with '
                 f"<code>raylite.autoscaler.start(config)</code> or "

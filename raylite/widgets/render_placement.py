@@ -42,14 +42,17 @@ def group_colors(pgs) -> dict[str, str]:
 
 
 def group_name(pg: dict) -> str:
+    """A group's name, or the start of its id when it has none."""
     return pg.get("name") or short(pg["placement_group_id"])
 
 
 def selector_text(sel: dict | None) -> str:
+    """{'zone': 'in(a,b)'} -> 'zone: in(a,b)'."""
     return ", ".join(f"{k}: {v}" for k, v in (sel or {}).items())
 
 
 def visible_groups(pgs, show_removed: bool = False) -> list[dict]:
+    """The groups to show: all but removed ones, unless asked."""
     return [p for p in pgs or () if show_removed or p.get("state") != "REMOVED"]
 
 
@@ -186,6 +189,7 @@ def groups_table(state: dict, show_removed: bool = False) -> str:
 
 
 def placement_header(state: dict) -> str:
+    """One line: how many groups, by state."""
     pgs = visible_groups(state.get("placement_groups"))
     by_state: dict[str, int] = {}
     for p in pgs:
