@@ -19,6 +19,7 @@ PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b
            "#ff9da7", "#9c755f", "#bab0ac"]
 RED, GREEN, ORANGE, GREY = "#e15759", "#59a14f", "#f28e2b", "rgba(127,127,127,.55)"
 SLATE = "#7f7f7f"  # a solid grey, for badges with white text
+CATEGORY = [c for c in PALETTE if c != RED]  # colours for groups and names: red means failure
 RESOURCE_COLORS = {"CPU": PALETTE[0], "GPU": PALETTE[2], "memory": PALETTE[6]}
 STORE_COLOR = PALETTE[4]
 FONT = "font:12px/1.4 var(--jp-ui-font-family,system-ui,-apple-system,sans-serif)"

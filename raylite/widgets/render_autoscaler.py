@@ -12,27 +12,14 @@ from __future__ import annotations
 
 import time
 
-from raylite.widgets.render import (
-    BORDER,
-    FONT,
-    GREEN,
-    GREY,
-    ORANGE,
-    PALETTE,
-    RED,
-    SLATE,
-    badge,
-    esc,
-    fmt_resources,
-    stamp,
-)
+from raylite.widgets import render as R
 
-TYPE_COLORS = [PALETTE[i] for i in (0, 2, 6, 4, 8, 7, 5, 9)]  # no orange/red: taken
-PENDING_COLOR = ORANGE
+TYPE_COLORS = [R.PALETTE[i] for i in (0, 2, 6, 4, 8, 7, 5, 9)]  # no orange/red: taken
+PENDING_COLOR = R.ORANGE
 ACTIONS = {  # action -> (marker, colour, label)
     "launch": ("▲", None, "launch"), "node_running": ("●", None, "running"),
-    "launch_failed": ("✕", RED, "launch failed"), "terminate": ("▼", SLATE, "terminate"),
-    "node_lost": ("◆", SLATE, "lost"), "infeasible": ("!", ORANGE, "infeasible"),
+    "launch_failed": ("✕", R.RED, "launch failed"), "terminate": ("▼", R.SLATE, "terminate"),
+    "node_lost": ("◆", R.SLATE, "lost"), "infeasible": ("!", R.ORANGE, "infeasible"),
 }
 
 
@@ -138,7 +125,7 @@ def timeline_svg(samples: list[dict], decisions: list[dict], types: list[str],
         return top + plot_h - plot_h * v / ymax
 
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" style="{FONT};font-size:11px" '
+           f'viewBox="0 0 {width} {height}" style="{R.FONT};font-size:11px" '
            f'class="raylite-autoscaler-timeline">']
     for i in range(ymax + 1) if ymax <= 8 else range(0, ymax + 1, max(1, ymax // 4)):
         out.append(f'<line x1="{left}" x2="{width - right}" y1="{y(i):.1f}" y2="{y(i):.1f}" '
@@ -157,7 +144,7 @@ def timeline_svg(samples: list[dict], decisions: list[dict], types: list[str],
     lx, legend = left, [("pending demand", PENDING_COLOR)] + [(t, colors[t]) for t in types]
     for name, color in legend:
         out.append(f'<rect x="{lx}" y="6" width="10" height="10" fill="{color}"/>'
-                   f'<text x="{lx + 14}" y="15" fill="currentColor">{esc(name)}</text>')
+                   f'<text x="{lx + 14}" y="15" fill="currentColor">{R.esc(name)}</text>')
         lx += 24 + 7 * len(name)
     # time axis
     ay = top + plot_h
@@ -175,26 +162,26 @@ def timeline_svg(samples: list[dict], decisions: list[dict], types: list[str],
     for i, lane in enumerate(lanes):
         ly = ay + 22 + i * lane_h
         out.append(f'<text x="{left - 6}" y="{ly + 13}" text-anchor="end" '
-                   f'fill="currentColor">{esc(lane)}</text><line x1="{left}" '
+                   f'fill="currentColor">{R.esc(lane)}</text><line x1="{left}" '
                    f'x2="{width - right}" y1="{ly + lane_h - 1}" y2="{ly + lane_h - 1}" '
                    f'stroke="currentColor" stroke-opacity=".1"/>')
         for a, b in _spans(pts, lane, now):
             out.append(f'<rect x="{x(a):.1f}" y="{ly + 2}" width="{max(2.0, x(b) - x(a)):.1f}" '
-                       f'height="{lane_h - 4}" fill="{RED}" fill-opacity=".22">'
-                       f"<title>{esc(lane)} unavailable</title></rect>")
+                       f'height="{lane_h - 4}" fill="{R.RED}" fill-opacity=".22">'
+                       f"<title>{R.esc(lane)} unavailable</title></rect>")
         last_x = -1e9
         for d in decisions:
             dt = _num(d.get("time"), None)
             if dt is None or dt < t0 or (d.get("node_type") or "(demand)") != lane:
                 continue
             mark, color, label = ACTIONS.get(d.get("action"), ("•", None, d.get("action")))
-            title = f"{stamp(dt)} {label} {d.get('node_type') or ''} " \
+            title = f"{R.stamp(dt)} {label} {d.get('node_type') or ''} " \
                     f"×{d.get('count', '')}: {d.get('reason', '')}"
             mx = last_x = max(x(dt), last_x + 9)  # markers at one time sit side by side
             out.append(f'<text x="{mx:.1f}" y="{ly + 13}" text-anchor="middle" '
-                       f'fill="{color or colors.get(lane, GREY)}" font-weight="bold" '
-                       f'class="raylite-decision" data-action="{esc(d.get("action"))}">'
-                       f"{mark}<title>{esc(title)}</title></text>")
+                       f'fill="{color or colors.get(lane, R.GREY)}" font-weight="bold" '
+                       f'class="raylite-decision" data-action="{R.esc(d.get("action"))}">'
+                       f"{mark}<title>{R.esc(title)}</title></text>")
     out.append("</svg>")
     return "".join(out)
 
@@ -206,14 +193,14 @@ def _steps(points, color: str, title: str, dashed: bool = False) -> str:
         f"H{px:.1f}V{py:.1f}" for px, py in points[1:])
     dash = ' stroke-dasharray="4 3" stroke-opacity=".7"' if dashed else ""
     return (f'<path d="{d}" fill="none" stroke="{color}" stroke-width="2"{dash}>'
-            f"<title>{esc(title)}</title></path>")
+            f"<title>{R.esc(title)}</title></path>")
 
 
 def _area(points, base: float, color: str, title: str) -> str:
     d = f"M{points[0][0]:.1f},{base:.1f}V{points[0][1]:.1f}" + "".join(
         f"H{px:.1f}V{py:.1f}" for px, py in points[1:]) + f"V{base:.1f}Z"
     return (f'<path d="{d}" fill="{color}" fill-opacity=".25" stroke="{color}" '
-            f'stroke-width="1.5" class="raylite-pending"><title>{esc(title)}</title></path>')
+            f'stroke-width="1.5" class="raylite-pending"><title>{R.esc(title)}</title></path>')
 
 
 def _spans(samples, node_type: str, now: float) -> list[tuple[float, float]]:
@@ -247,7 +234,7 @@ def node_types_table(status: dict | None, now: float | None = None) -> str:
     now = now if now is not None else time.time()
     colors = type_colors(types)
     unavailable = unavailable_types(status)
-    td = f'style="padding:2px 8px;border-bottom:{BORDER};text-align:left"'
+    td = f'style="padding:2px 8px;border-bottom:{R.BORDER};text-align:left"'
     cols = ("", "node type", "resources", "labels", "min-max", "running", "launching",
             "availability", "launches / failures")
     rows = []
@@ -257,22 +244,23 @@ def node_types_table(status: dict | None, now: float | None = None) -> str:
         last = info.get("last_failure") or unavailable.get(t, {}).get("last_failure")
         avail = f"{_num(score, 1.0):.2f}"
         if t in unavailable:
-            avail = badge(f"unavailable {avail}", RED)
+            avail = R.badge(f"unavailable {avail}", R.RED)
         if last:
             avail += f' <span style="opacity:.7">failed {max(0, now - last):.0f}s ago</span>'
         labels = ", ".join(f"{k}={v}" for k, v in (info.get("labels") or {}).items())
         rows.append(
-            f'<tr data-node-type="{esc(t)}"><td {td}><span style="display:inline-block;'
+            f'<tr data-node-type="{R.esc(t)}"><td {td}><span style="display:inline-block;'
             f'width:12px;height:12px;border-radius:2px;background:{colors[t]}"></span></td>'
-            f"<td {td}><b>{esc(t)}</b></td><td {td}>{esc(fmt_resources(info.get('resources')))}"
-            f"</td><td {td}>{esc(labels) or '-'}</td>"
-            f"<td {td}>{esc(info.get('min_workers', '?'))}-{esc(info.get('max_workers', '?'))}"
-            f"</td><td {td}>{esc(info.get('running', 0))}</td>"
-            f"<td {td}>{esc(info.get('launching', 0))}</td><td {td}>{avail}</td>"
-            f"<td {td}>{esc(info.get('launches', 0))} / {esc(info.get('failures', 0))}</td>"
+            f"<td {td}><b>{R.esc(t)}</b></td>"
+            f"<td {td}>{R.esc(R.fmt_resources(info.get('resources')))}</td>"
+            f"<td {td}>{R.esc(labels) or '-'}</td><td {td}>"
+            f"{R.esc(info.get('min_workers', '?'))}-{R.esc(info.get('max_workers', '?'))}"
+            f"</td><td {td}>{R.esc(info.get('running', 0))}</td>"
+            f"<td {td}>{R.esc(info.get('launching', 0))}</td><td {td}>{avail}</td>"
+            f"<td {td}>{R.esc(info.get('launches', 0))} / {R.esc(info.get('failures', 0))}</td>"
             "</tr>")
     head = "".join(f"<th {td}>{c}</th>" for c in cols)
-    return (f'<table class="raylite-node-types" style="{FONT};border-collapse:collapse;'
+    return (f'<table class="raylite-node-types" style="{R.FONT};border-collapse:collapse;'
             f'margin:4px 0"><tr>{head}</tr>{"".join(rows)}</table>')
 
 
@@ -284,21 +272,22 @@ def decisions_list(decisions: list[dict], limit: int = 10) -> str:
     for d in list(reversed(decisions))[:limit]:
         action = d.get("action", "?")
         mark, color, label = ACTIONS.get(action, ("•", None, action))
-        color = color or (GREEN if action in ("launch", "node_running") else SLATE)
+        color = color or (R.GREEN if action in ("launch", "node_running") else R.SLATE)
         count = d.get("count")
         items.append(
             f'<div class="raylite-decision" style="margin:1px 0"><span style="opacity:.65">'
-            f'{stamp(_num(d.get("time"), time.time()))}</span> {badge(f"{mark} {label}", color)}'
-            f' <b>{esc(d.get("node_type") or "")}</b>{f" ×{count}" if count else ""}'
-            f' <span>{esc(d.get("reason", ""))}</span></div>')
-    return (f'<div style="{FONT};margin:4px 0"><b>decisions</b> (latest first)'
+            f'{R.stamp(_num(d.get("time"), time.time()))}</span> '
+            f'{R.badge(f"{mark} {label}", color)}'
+            f' <b>{R.esc(d.get("node_type") or "")}</b>{f" ×{count}" if count else ""}'
+            f' <span>{R.esc(d.get("reason", ""))}</span></div>')
+    return (f'<div style="{R.FONT};margin:4px 0"><b>decisions</b> (latest first)'
             f'{"".join(items)}</div>')
 
 
 def autoscaler_header(status: dict | None, last: dict | None) -> str:
     """One line: running or not, pending demand, autoscaled nodes, unavailable types."""
     if not status:
-        return (f'<div style="{FONT}"><b>autoscaler</b> · no report yet (start one with '
+        return (f'<div style="{R.FONT}"><b>autoscaler</b> · no report yet (start one with '
                 f"<code>raylite.autoscaler.start(config)</code> or "
                 f"<code>raylite.init(autoscaler=...)</code>)</div>")
     parts = ["<b>autoscaler</b>",
@@ -311,14 +300,14 @@ def autoscaler_header(status: dict | None, last: dict | None) -> str:
                      (f", {launching} launching" if launching else ""))
     un = unavailable_types(status)
     if un:
-        parts.append(f'<span style="color:{RED}">unavailable: ' + ", ".join(
-            f"{esc(t)} (score {_num(v.get('score'), 0):.2f})" for t, v in un.items())
+        parts.append(f'<span style="color:{R.RED}">unavailable: ' + ", ".join(
+            f"{R.esc(t)} (score {_num(v.get('score'), 0):.2f})" for t, v in un.items())
             + "</span>")
     infeasible = status.get("infeasible")
     if infeasible:
-        parts.append(f'<span style="color:{ORANGE}">{len(infeasible)} infeasible shape'
+        parts.append(f'<span style="color:{R.ORANGE}">{len(infeasible)} infeasible shape'
                      f'{"s" * (len(infeasible) != 1)}</span>')
-    return f'<div style="{FONT};margin:2px 0 6px">' + " · ".join(parts) + "</div>"
+    return f'<div style="{R.FONT};margin:2px 0 6px">' + " · ".join(parts) + "</div>"
 
 
 def autoscaler_html(status: dict | None, samples: list[dict], decisions: list[dict],

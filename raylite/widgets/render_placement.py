@@ -8,42 +8,23 @@ their label selectors, dashed.
 
 from __future__ import annotations
 
-from raylite.widgets.render import (
-    BORDER,
-    CARD,
-    FONT,
-    GREEN,
-    GREY,
-    ORANGE,
-    PALETTE,
-    RED,
-    SLATE,
-    TRACK,
-    badge,
-    chip,
-    esc,
-    flex,
-    fmt_amount,
-    fmt_resources,
-    ordered_nodes,
-    short,
-    user_labels,
-)
+from raylite.widgets import render as R
 
-STATE_COLORS = {"CREATED": GREEN, "PENDING": ORANGE, "RESCHEDULING": ORANGE,
-                "REMOVED": SLATE}
+STATE_COLORS = {"CREATED": R.GREEN, "PENDING": R.ORANGE, "RESCHEDULING": R.ORANGE,
+                "REMOVED": R.SLATE}
 
 
 def group_colors(pgs) -> dict[str, str]:
     """``{placement_group_id: colour}``: one palette colour per group, by creation order
     (removed groups keep their slot, so colours do not shift when one goes)."""
     ordered = sorted(pgs, key=lambda p: (p.get("created_at") or 0, p["placement_group_id"]))
-    return {p["placement_group_id"]: PALETTE[i % len(PALETTE)] for i, p in enumerate(ordered)}
+    return {p["placement_group_id"]: R.CATEGORY[i % len(R.CATEGORY)]
+            for i, p in enumerate(ordered)}
 
 
 def group_name(pg: dict) -> str:
     """A group's name, or the start of its id when it has none."""
-    return pg.get("name") or short(pg["placement_group_id"])
+    return pg.get("name") or R.short(pg["placement_group_id"])
 
 
 def selector_text(sel: dict | None) -> str:
@@ -60,19 +41,19 @@ def bundle_chip(pg: dict, b: dict, color: str, inline: bool = False) -> str:
     """A bundle: its group and index, resources (and what tasks in it use), selector."""
     pending = b.get("node_id") is None
     res = b.get("resources") or {}
-    text = f"<b>{esc(group_name(pg))}</b> #{b.get('bundle_index', '?')} · " + \
-        esc(fmt_resources(res))
+    text = f"<b>{R.esc(group_name(pg))}</b> #{b.get('bundle_index', '?')} · " + \
+        R.esc(R.fmt_resources(res))
     avail = b.get("available") or {}
     if not pending and res:
         in_use = {k: v - avail.get(k, 0.0) for k, v in res.items()
                   if v - avail.get(k, 0.0) > 1e-9}
         if in_use:
-            text += f" ({esc(fmt_resources(in_use))} in use)"
+            text += f" ({R.esc(R.fmt_resources(in_use))} in use)"
     sel = selector_text(b.get("label_selector"))
     if sel:
-        text += f' · <span style="opacity:.8">{esc(sel)}</span>'
+        text += f' · <span style="opacity:.8">{R.esc(sel)}</span>'
     style = "dashed" if pending else "solid"
-    return (f'<div class="raylite-bundle" data-pg="{esc(pg["placement_group_id"])}" '
+    return (f'<div class="raylite-bundle" data-pg="{R.esc(pg["placement_group_id"])}" '
             f'data-bundle="{b.get("bundle_index")}" style="border-left:4px {style} {color};'
             f'border-top:1px {style} {color};border-right:1px {style} {color};'
             f'border-bottom:1px {style} {color};border-radius:3px;padding:1px 5px;margin:2px 0;'
@@ -86,13 +67,13 @@ def segmented_bar(resource: str, total: float, segments: list[tuple[float, str, 
     for amount, color, title in segments:
         w = 100.0 * amount / total if total else 0.0
         used += amount
-        parts.append(f'<div title="{esc(title)}" style="width:{w:.1f}%;height:100%;'
+        parts.append(f'<div title="{R.esc(title)}" style="width:{w:.1f}%;height:100%;'
                      f'background:{color};box-shadow:inset -1px 0 rgba(0,0,0,.25)"></div>')
     return (f'<div style="display:flex;align-items:center;gap:6px;margin:2px 0">'
-            f'<span style="width:58px">{esc(resource)}</span>'
-            f'<div style="flex:1;height:11px;display:flex;{TRACK}">{"".join(parts)}</div>'
+            f'<span style="width:58px">{R.esc(resource)}</span>'
+            f'<div style="flex:1;height:11px;display:flex;{R.TRACK}">{"".join(parts)}</div>'
             f'<span style="flex:none;width:96px;text-align:right">'
-            f'{esc(fmt_amount(resource, used))}/{esc(fmt_amount(resource, total))} reserved'
+            f'{R.esc(R.fmt_amount(resource, used))}/{R.esc(R.fmt_amount(resource, total))} reserved'
             f'</span></div>')
 
 
@@ -101,27 +82,27 @@ def placement_node_card(node: dict, held: list[tuple[dict, dict]], colors: dict)
     nid = node.get("node_id", "?")
     alive = node.get("alive", True)
     rows = [f'<div style="display:flex;justify-content:space-between;gap:6px;'
-            f'margin-bottom:3px"><b>{esc(nid)}</b>'
-            f'{badge("alive", GREEN) if alive else badge("dead", RED)}</div>']
-    labels = user_labels(node.get("labels") or {})
+            f'margin-bottom:3px"><b>{R.esc(nid)}</b>'
+            f'{R.badge("alive", R.GREEN) if alive else R.badge("dead", R.RED)}</div>']
+    labels = R.user_labels(node.get("labels") or {})
     if labels:
-        rows.append("<div>" + "".join(chip(f"{esc(k)}={esc(v)}") for k, v in labels.items())
-                    + "</div>")
+        rows.append("<div>" + "".join(R.chip(f"{R.esc(k)}={R.esc(v)}")
+                                      for k, v in labels.items()) + "</div>")
     total = node.get("resources") or {}
     reserved = sorted({k for _, b in held for k in (b.get("resources") or {})},
                       key=lambda k: (k not in ("CPU", "GPU"), k))
     for k in reserved:
-        segs = [(b["resources"][k], colors.get(pg["placement_group_id"], GREY),
+        segs = [(b["resources"][k], colors.get(pg["placement_group_id"], R.GREY),
                  f"{group_name(pg)} #{b.get('bundle_index')}")
                 for pg, b in held if k in (b.get("resources") or {})]
         rows.append(segmented_bar(k, total.get(k, sum(s[0] for s in segs)), segs))
     if held:
-        rows += [bundle_chip(pg, b, colors.get(pg["placement_group_id"], GREY))
+        rows += [bundle_chip(pg, b, colors.get(pg["placement_group_id"], R.GREY))
                  for pg, b in held]
     else:
         rows.append('<div style="opacity:.6">no bundles</div>')
-    style = CARD + ("" if alive else ";opacity:.55;border-style:dashed")
-    return f'<div class="raylite-node" data-node-id="{esc(nid)}" style="{style}">' + \
+    style = R.CARD + ("" if alive else ";opacity:.55;border-style:dashed")
+    return f'<div class="raylite-node" data-node-id="{R.esc(nid)}" style="{style}">' + \
         "".join(rows) + "</div>"
 
 
@@ -137,7 +118,7 @@ def placement_cards(state: dict, show_removed: bool = False) -> dict[str, str]:
             if b.get("node_id") is not None:
                 held.setdefault(b["node_id"], []).append((pg, b))
     return {n["node_id"]: placement_node_card(n, held.get(n["node_id"], []), colors)
-            for n in ordered_nodes(state.get("nodes"))
+            for n in R.ordered_nodes(state.get("nodes"))
             if n.get("alive", True) or n["node_id"] in held}
 
 
@@ -153,7 +134,7 @@ def pending_bundles(state: dict) -> str:
                   for b in waiting]
     if not chips:
         return ""
-    return (f'<div class="raylite-pending" style="{FONT};margin:4px 0"><b>pending bundles '
+    return (f'<div class="raylite-pending" style="{R.FONT};margin:4px 0"><b>pending bundles '
             f'({len(chips)})</b><br>{"".join(chips)}</div>')
 
 
@@ -163,8 +144,8 @@ def groups_table(state: dict, show_removed: bool = False) -> str:
     colors = group_colors(all_pgs)
     pgs = visible_groups(all_pgs, show_removed)
     if not pgs:
-        return f'<div style="{FONT};opacity:.65">no placement groups</div>'
-    td = f'style="padding:2px 8px;border-bottom:{BORDER};text-align:left"'
+        return f'<div style="{R.FONT};opacity:.65">no placement groups</div>'
+    td = f'style="padding:2px 8px;border-bottom:{R.BORDER};text-align:left"'
     head = "".join(f"<th {td}>{h}</th>" for h in
                    ("", "group", "strategy", "state", "bundles placed", "label selectors"))
     rows = []
@@ -177,13 +158,13 @@ def groups_table(state: dict, show_removed: bool = False) -> str:
                          for b in bundles if b.get("label_selector"))
         note = " · infeasible" if pg.get("infeasible") else ""
         rows.append(
-            f'<tr data-pg="{esc(pg["placement_group_id"])}"><td {td}><span style="display:'
+            f'<tr data-pg="{R.esc(pg["placement_group_id"])}"><td {td}><span style="display:'
             f'inline-block;width:12px;height:12px;border-radius:2px;background:{color}">'
-            f"</span></td><td {td}><b>{esc(group_name(pg))}</b></td>"
-            f"<td {td}>{esc(pg.get('strategy', '?'))}</td>"
-            f"<td {td}>{badge(state_txt, STATE_COLORS.get(state_txt, SLATE))}{esc(note)}</td>"
-            f"<td {td}>{placed}/{len(bundles)}</td><td {td}>{esc(sels) or '-'}</td></tr>")
-    return (f'<table class="raylite-groups" style="{FONT};border-collapse:collapse;'
+            f"</span></td><td {td}><b>{R.esc(group_name(pg))}</b></td>"
+            f"<td {td}>{R.esc(pg.get('strategy', '?'))}</td>"
+            f"<td {td}>{R.badge(state_txt, STATE_COLORS.get(state_txt, R.SLATE))}{R.esc(note)}</td>"
+            f"<td {td}>{placed}/{len(bundles)}</td><td {td}>{R.esc(sels) or '-'}</td></tr>")
+    return (f'<table class="raylite-groups" style="{R.FONT};border-collapse:collapse;'
             f'margin:4px 0">'
             f"<tr>{head}</tr>{''.join(rows)}</table>")
 
@@ -195,7 +176,7 @@ def placement_header(state: dict) -> str:
     for p in pgs:
         by_state[p.get("state", "?")] = by_state.get(p.get("state", "?"), 0) + 1
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(by_state.items()))
-    return (f'<div style="{FONT};margin:2px 0 6px"><b>placement groups</b> · {len(pgs)}'
+    return (f'<div style="{R.FONT};margin:2px 0 6px"><b>placement groups</b> · {len(pgs)}'
             + (f" ({counts})" if counts else "") + "</div>")
 
 
@@ -204,4 +185,4 @@ def placement_html(state: dict, show_removed: bool = False) -> str:
     cards = placement_cards(state, show_removed)
     return (f'<div class="raylite-placement">{placement_header(state)}'
             f'{groups_table(state, show_removed)}{pending_bundles(state)}'
-            f'{flex(cards.values())}</div>')
+            f'{R.flex(cards.values())}</div>')

@@ -44,11 +44,10 @@ def bars(records, now: float | None = None) -> list[dict]:
 
 def name_colors(items) -> dict[str, str]:
     """A palette colour per task name, by first appearance (red is kept for failures)."""
-    palette = [c for c in R.PALETTE if c != R.RED]
     out: dict[str, str] = {}
     for b in items:
         if b["name"] not in out:
-            out[b["name"]] = palette[len(out) % len(palette)]
+            out[b["name"]] = R.CATEGORY[len(out) % len(R.CATEGORY)]
     return out
 
 
