@@ -48,3 +48,24 @@ def two_nodes():
         yield ctx
     finally:
         raylite.shutdown()
+
+
+@pytest.fixture(scope="module")
+def serve_url():
+    """A 2-CPU cluster running Serve on a free port, for a whole test module; yields the
+    HTTP proxy's base URL."""
+    import socket
+
+    from raylite import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    raylite.init(num_cpus=2)
+    try:
+        serve.start(http_options={"port": port})
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        raylite.shutdown()
+        assert_no_leaks()

@@ -1,0 +1,1 @@
+"""Serve's implementation: controller, replicas, proxy, routers and their policies."""

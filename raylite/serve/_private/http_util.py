@@ -1,0 +1,168 @@
+"""HTTP inside a replica: the request the user's code sees, and turning what it returns
+(a value, a starlette Response, a generator, or a whole ASGI app's output) into what the
+proxy sends back.
+
+A reply is ``(status, headers, body, stream_id)``. A response whose body comes in more
+than one piece (``StreamingResponse``, a generator) answers with its first piece and a
+``stream_id``; the proxy then reads the rest from the replica's ``http_stream``. So an
+ordinary request costs one actor call, and only streaming pays for a stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import traceback
+
+TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
+JSON = [(b"content-type", b"application/json")]
+
+
+def make_request(scope: dict, body: bytes):
+    """A starlette Request over the proxy's scope and the already-read body."""
+    from starlette.requests import Request
+
+    return Request(scope, _receiver(body))
+
+
+def _receiver(body: bytes):
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # a disconnect never comes: the body was complete
+    return receive
+
+
+def error_reply(status: int, message: str) -> tuple:
+    return (status, TEXT, message.encode(), None)
+
+
+def exception_reply(e: BaseException) -> tuple:
+    """500 with the error's traceback; 400 when the request body was not valid JSON
+    (raylite: Ray answers 500 for that too)."""
+    if isinstance(e, json.JSONDecodeError):
+        return error_reply(400, f"Malformed JSON in the request body: {e}")
+    text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    return error_reply(500, f"Internal Server Error\n{text}")
+
+
+def plain_reply(result) -> tuple | None:
+    """A reply for a plain return value; None when it must run as an ASGI response."""
+    if isinstance(result, (bytes, bytearray, memoryview)):
+        return (200, [(b"content-type", b"application/octet-stream")], bytes(result), None)
+    if isinstance(result, str):
+        return (200, TEXT, result.encode(), None)
+    if result is None:
+        return (200, TEXT, b"", None)
+    status = getattr(result, "status_code", None)
+    if status is not None and hasattr(result, "raw_headers") and callable(result):
+        if hasattr(result, "body") and getattr(result, "background", None) is None:
+            return (status, list(result.raw_headers), bytes(result.body), None)
+        return None  # a StreamingResponse / FileResponse / one with background tasks
+    if inspect.isgenerator(result) or inspect.isasyncgen(result):
+        return None
+    return (200, JSON, json.dumps(result).encode(), None)
+
+
+def as_asgi(result):
+    """An ASGI app that answers with ``result`` (a Response or a generator)."""
+    if callable(result) and hasattr(result, "status_code"):
+        return result
+    from starlette.responses import StreamingResponse
+
+    return StreamingResponse(result, media_type="text/plain")
+
+
+class Streams:
+    """Bodies still being produced, by stream id, for ``http_stream`` to drain."""
+
+    def __init__(self):
+        self._queues: dict[str, asyncio.Queue] = {}
+        self._next = 0
+
+    def open(self) -> tuple[str, asyncio.Queue]:
+        self._next += 1
+        sid = str(self._next)
+        q = self._queues[sid] = asyncio.Queue()
+        # a stream nobody reads (the client went away) is dropped after a while
+        asyncio.get_running_loop().call_later(300, self._queues.pop, sid, None)
+        return sid, q
+
+    def take(self, sid: str) -> asyncio.Queue | None:
+        return self._queues.pop(sid, None)
+
+
+_END = object()
+
+
+async def run_asgi(app, scope: dict, body: bytes, streams: Streams, on_done) -> tuple:
+    """Run an ASGI app on one request. Returns the reply once the response is complete,
+    or, if its body comes in pieces, once the first piece is there (the rest goes to a
+    stream); ``on_done()`` runs when the app has finished either way."""
+    loop = asyncio.get_running_loop()
+    head: asyncio.Future = loop.create_future()
+    start = {}
+    parts: list[bytes] = []
+    queue = None
+
+    async def send(msg):
+        nonlocal queue
+        kind = msg["type"]
+        if kind == "http.response.start":
+            start["status"] = msg["status"]
+            start["headers"] = [(bytes(k), bytes(v)) for k, v in msg.get("headers", ())]
+            return
+        if kind != "http.response.body":
+            return
+        chunk = bytes(msg.get("body", b""))
+        more = msg.get("more_body", False)
+        if queue is not None:
+            if chunk:
+                queue.put_nowait(chunk)
+            if not more:
+                queue.put_nowait(_END)
+            return
+        parts.append(chunk)
+        if not more:
+            if not head.done():
+                head.set_result((start.get("status", 200), start.get("headers", []),
+                                 b"".join(parts), None))
+            return
+        sid, queue = streams.open()
+        if not head.done():
+            head.set_result((start.get("status", 200), start.get("headers", []),
+                             b"".join(parts), sid))
+
+    async def main():
+        try:
+            await app(scope, _receiver(body), send)
+        except BaseException as e:  # noqa: BLE001
+            if not head.done():
+                head.set_result(exception_reply(e))
+            elif queue is not None:
+                queue.put_nowait(e)
+        finally:
+            if not head.done():
+                head.set_result(error_reply(500, "The ASGI app returned without a response."))
+            if queue is not None:
+                queue.put_nowait(_END)
+            on_done()
+
+    loop.create_task(main())
+    return await head
+
+
+async def drain(queue: asyncio.Queue):
+    """The rest of a streamed body, piece by piece."""
+    while True:
+        item = await queue.get()
+        if item is _END:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item

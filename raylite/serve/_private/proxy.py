@@ -1,0 +1,206 @@
+"""The HTTP proxy: an actor running uvicorn (uvloop + httptools when installed) on its
+own thread, forwarding each request to a replica of the matching application's ingress.
+
+Routes (``route_prefix -> app``) and replica sets arrive by long poll, so the hot path
+is: parse, longest-prefix match, pick a replica (power of two choices), one async actor
+call awaited on uvicorn's loop, write the answer. A missing route is a 404, an error in a
+replica a 500 with its text, a full queue a 503; the proxy itself stays up. The REST API
+(``rest.py``) is served here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+
+import raylite
+from raylite.serve._private import client, rest
+from raylite.serve._private.long_poll import LongPollClient
+from raylite.serve._private.router import get_router
+from raylite.serve.exceptions import BackPressureError
+
+log = logging.getLogger(__name__)
+
+ROUTES_KEY = "routes"
+
+
+def _reply(status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8"):
+    return {"type": "http.response.start", "status": status,
+            "headers": [(b"content-type", content_type),
+                        (b"content-length", str(len(body)).encode())]}, body
+
+
+async def send_simple(send, status: int, text: str) -> None:
+    start, body = _reply(status, text.encode())
+    await send(start)
+    await send({"type": "http.response.body", "body": body})
+
+
+class HTTPProxy:
+    """The ASGI app uvicorn runs."""
+
+    def __init__(self, controller, root_path: str = "", request_timeout_s=None):
+        self._controller = controller
+        self._root_path = root_path.rstrip("/")
+        self._timeout = request_timeout_s
+        self._routes: list[tuple[str, str, str]] = []  # (prefix, app, ingress), longest first
+        self._poll = LongPollClient(controller, ROUTES_KEY, self._set_routes)
+
+    def _set_routes(self, routes: dict) -> None:
+        self._routes = sorted(((p, a, d) for p, (a, d) in routes.items()),
+                              key=lambda r: -len(r[0]))
+
+    def route_table(self) -> dict:
+        return {p: a for p, a, _ in self._routes}
+
+    def match(self, path: str):
+        for prefix, app, dep in self._routes:
+            if prefix == "/" or path == prefix or path.startswith(prefix + "/"):
+                return prefix, app, dep
+        return None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1003})
+            return
+        path = scope["path"]
+        if self._root_path and path.startswith(self._root_path):
+            path = path[len(self._root_path):] or "/"
+        if path.startswith(("/api/", "/-/")) and await rest.handle(self, path, scope,
+                                                                    receive, send):
+            return
+        m = self.match(path)
+        if m is None:
+            await send_simple(send, 404, f"Path '{path}' not found. Routes: "
+                              f"{self.route_table()}")
+            return
+        prefix, app, dep = m
+        body = await _read_body(receive)
+        if body is None:
+            return  # the client went away
+        req_scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": scope["http_version"],
+            "method": scope["method"], "scheme": scope.get("scheme", "http"),
+            "path": scope["path"], "raw_path": scope.get("raw_path"),
+            "query_string": scope.get("query_string", b""),
+            "root_path": self._root_path + ("" if prefix == "/" else prefix),
+            "headers": scope["headers"], "client": scope.get("client"),
+            "server": scope.get("server"), "extensions": {},
+        }
+        try:
+            if self._timeout is None:
+                await self._forward(app, dep, req_scope, body, send)
+            else:
+                await asyncio.wait_for(self._forward(app, dep, req_scope, body, send),
+                                       self._timeout)
+        except asyncio.TimeoutError:
+            await send_simple(send, 408, f"Request timed out after {self._timeout}s.")
+        except BackPressureError as e:
+            await send_simple(send, 503, str(e))
+
+    async def _forward(self, app: str, dep: str, scope: dict, body: bytes, send) -> None:
+        router = get_router(self._controller, app, dep)
+
+        def call(actor):
+            ref = actor.handle_http.remote(scope, body)
+            fut = ref.future()
+            return (ref, fut), fut
+        assigned = router.assign(call)
+        if not assigned.done():
+            await asyncio.wrap_future(assigned)
+        slot, (_ref, fut) = assigned.result()
+        try:
+            status, headers, payload, stream_id = await asyncio.wrap_future(fut)
+        except Exception as e:  # the replica died, or the call failed outside user code
+            await send_simple(send, 500, f"Internal Server Error\n{e}")
+            return
+        if stream_id is None:
+            headers = list(headers)
+            if not any(k.lower() == b"content-length" for k, _ in headers):
+                headers.append((b"content-length", str(len(payload)).encode()))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": payload})
+            return
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        if payload:
+            await send({"type": "http.response.body", "body": payload, "more_body": True})
+        gen = slot.actor.http_stream.options(num_returns="streaming").remote(stream_id)
+        try:
+            async for ref in gen:
+                chunk = await ref
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except Exception as e:  # the body is half sent: end it, the client sees it cut
+            log.warning("stream from %s/%s failed: %s", app, dep, e)
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def _read_body(receive) -> bytes | None:
+    parts = []
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return None
+        parts.append(msg.get("body", b""))
+        if not msg.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class ProxyActor:
+    """Hosts the HTTP server (a sync actor: its methods run on the actor's main thread,
+    uvicorn on another)."""
+
+    def __init__(self, controller, http_options: dict):
+        import uvicorn
+
+        client.set_controller(controller)
+        host, port = http_options["host"], http_options["port"]
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            sock.close()
+            raise OSError(f"Serve's HTTP proxy cannot listen on {host}:{port}: {e}") from None
+        sock.listen(2048)
+        sock.set_inheritable(True)
+        self._sock = sock
+        self._port = sock.getsockname()[1]
+        self._host = host
+        self.app = HTTPProxy(controller, http_options.get("root_path") or "",
+                             http_options.get("request_timeout_s"))
+        config = uvicorn.Config(
+            self.app, loop=_pick("uvloop", "asyncio"), http=_pick("httptools", "h11"),
+            log_level="warning", access_log=False, lifespan="off", interface="asgi3",
+            timeout_keep_alive=int(http_options.get("keep_alive_timeout_s") or 5))
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
+                                        name="raylite-serve-http", daemon=True)
+        self._thread.start()
+
+    def ready(self, timeout_s: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("Serve's HTTP server exited while starting")
+            if time.monotonic() > deadline:
+                raise TimeoutError("Serve's HTTP server did not start")
+            time.sleep(0.005)
+        return {"host": self._host, "port": self._port,
+                "node_id": raylite.get_runtime_context().get_node_id(),
+                "actor_id": raylite.get_runtime_context().get_actor_id()}
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=5)
+
+
+def _pick(preferred: str, fallback: str) -> str:
+    try:
+        __import__(preferred)
+        return preferred
+    except ImportError:
+        return fallback

@@ -1,0 +1,90 @@
+"""Serve's REST API, served by the HTTP proxy on the serve port.
+
+- ``GET /api/serve/applications/``: every application's status, deployments, replicas
+  and ``deployment_topology``.
+- ``PUT /api/serve/applications/``: deploy a declarative config
+  (``{"applications": [{"name", "route_prefix", "import_path", "args", "deployments":
+  [...], "external_scaler_enabled"}]}``); applications not in it are deleted.
+- ``DELETE /api/serve/applications/``: shut Serve down.
+- ``POST /api/v1/applications/{app}/deployments/{deployment}/scale`` with
+  ``{"target_num_replicas": n}``: 200 accepted; 400 bad body or unknown app/deployment;
+  412 when the app did not set ``external_scaler_enabled``.
+- ``GET /-/healthz``, ``GET /-/routes``.
+
+Differs from Ray: Ray serves the ``/api/`` paths on the dashboard (port 8265); raylite has
+no dashboard, so they share the proxy's port (these exact paths shadow an app's).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+_SCALE = re.compile(r"^/api/v1/applications/([^/]+)/deployments/([^/]+)/scale/?$")
+_APPS = ("/api/serve/applications/", "/api/serve/applications")
+
+
+async def _respond(send, status: int, payload) -> None:
+    if isinstance(payload, (dict, list)):
+        body, ctype = json.dumps(payload).encode(), b"application/json"
+    else:
+        body, ctype = str(payload).encode(), b"text/plain; charset=utf-8"
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", ctype),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _json_body(receive):
+    from raylite.serve._private.proxy import _read_body
+
+    raw = await _read_body(receive)
+    try:
+        return json.loads(raw or b"null"), None
+    except (ValueError, UnicodeDecodeError) as e:
+        return None, f"Request body is not valid JSON: {e}"
+
+
+async def handle(proxy, path: str, scope, receive, send) -> bool:
+    """Answer a REST request; False when ``path`` is not one of ours."""
+    method = scope["method"]
+    ctrl = proxy._controller
+    if path == "/-/healthz":
+        await _respond(send, 200, "success")
+        return True
+    if path == "/-/routes":
+        await _respond(send, 200, proxy.route_table())
+        return True
+    if path in _APPS:
+        if method == "GET":
+            await _respond(send, 200, await ctrl.get_serve_details.remote())
+        elif method == "PUT":
+            config, err = await _json_body(receive)
+            if err is None:
+                code, msg = await ctrl.deploy_config.remote(config)
+            else:
+                code, msg = 400, err
+            await _respond(send, code, msg)
+        elif method == "DELETE":
+            ctrl.shutdown.remote()
+            await _respond(send, 200, "Serve is shutting down.")
+        else:
+            await _respond(send, 405, f"Method {method} not allowed on {path}")
+        return True
+    m = _SCALE.match(path)
+    if m is None:
+        return False
+    if method != "POST":
+        await _respond(send, 405, f"Method {method} not allowed on {path}; use POST")
+        return True
+    body, err = await _json_body(receive)
+    n = body.get("target_num_replicas") if isinstance(body, dict) else None
+    if err is None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+        err = ('Body must be JSON {"target_num_replicas": n} with an integer n >= 0, got '
+               f"{body!r}")
+    if err is not None:
+        await _respond(send, 400, {"error": err})
+        return True
+    code, msg = await ctrl.external_scale.remote(m.group(1), m.group(2), n)
+    await _respond(send, code, {"message": msg} if code == 200 else {"error": msg})
+    return True
