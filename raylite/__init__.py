@@ -27,7 +27,7 @@ _WHERE = {
     "ObjectRef": "raylite.core.object_ref", "ObjectRefGenerator": "raylite.core.object_ref",
     "RemoteFunction": "raylite.core.remote_function",
     "timeline": "raylite.util.state",
-    "exceptions": None, "util": None, "cluster_utils": None, "widgets": None,
+    "exceptions": None, "util": None, "cluster_utils": None, "serve": None, "widgets": None,
 }
 
 __all__ = [
@@ -35,7 +35,7 @@ __all__ = [
     "wait", "cancel", "kill", "get_actor", "nodes", "cluster_resources", "available_resources",
     "get_runtime_context", "get_gpu_ids", "method", "ObjectRef", "ObjectRefGenerator",
     "ActorClass", "ActorHandle", "RemoteFunction", "RayliteContext", "RuntimeContext",
-    "util", "cluster_utils", "timeline", "widgets",
+    "util", "cluster_utils", "timeline", "serve", "widgets",
 ]
 
 
@@ -55,7 +55,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from raylite import cluster_utils, exceptions, util, widgets
+    from raylite import cluster_utils, exceptions, serve, util, widgets
     from raylite.core.actor import ActorClass, ActorHandle, method
     from raylite.core.api import (
         RayliteContext,
