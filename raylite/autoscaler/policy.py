@@ -94,7 +94,7 @@ class _Shape:
     """Identical demands, counted: resources, label selector, hard node affinity."""
 
     __slots__ = ("demand", "selector", "parsed", "node", "count", "kinds", "vec",
-                 "on_free", "on_new", "note")
+                 "on_free", "on_new", "cands")
 
     def __init__(self, demand: dict, selector: tuple, node: str | None):
         self.demand = {k: float(v) for k, v in demand.items() if v and v > 0}
@@ -105,7 +105,7 @@ class _Shape:
         self.kinds: collections.Counter = collections.Counter()
         self.vec = None
         self.on_free = self.on_new = 0
-        self.note = ""
+        self.cands: list[str] | None = None  # the node types that can hold one
 
     def size(self) -> tuple:
         return (self.demand.get("GPU", 0.0), sum(self.demand.values()))
@@ -220,7 +220,6 @@ class _Planner:
         self.budget = budget
         self.scores = scores
         self.launches: list[Launch] = []
-        self._cands: dict = {}
 
     def room(self, t: str) -> int:
         r = self.types[t].max_workers - self.counts[t]
@@ -237,14 +236,12 @@ class _Planner:
         self.launches.append(Launch(t, n, reason))
 
     def candidates(self, s: _Shape) -> list[str]:
-        key = (tuple(sorted(s.demand.items())), s.selector, s.node)
-        c = self._cands.get(key)
-        if c is None:
-            c = self._cands[key] = [] if s.node is not None else [
+        if s.cands is None:
+            s.cands = [] if s.node is not None else [
                 t for t, cfg in self.types.items()
                 if labels_match(cfg.node_labels(), s.parsed)
                 and _fit_one(cfg.resources, s.demand, 1) >= 1]
-        return c
+        return s.cands
 
     def score(self, t: str, take: dict) -> tuple:
         res = self.types[t].resources
@@ -258,25 +255,42 @@ class _Planner:
             return (gpu_ok, 0, 0.0, 0.0)
         return (gpu_ok, len(util), round(min(util), 3), round(sum(util) / len(util), 3))
 
-    def pack(self, t: str, shapes: list[_Shape], rem: dict) -> dict:
-        """Pack the remaining demand onto one empty node of type ``t``, largest first."""
+    def pack(self, t: str, shapes: list[_Shape], rem: dict, least: dict) -> dict:
+        """Pack the remaining demand onto one empty node of type ``t``, largest first
+        (``shapes``: those ``t`` can hold, largest first; ``least``: resource -> the
+        least any of them needs, to stop once the node is full)."""
         free = dict(self.types[t].resources)
         take = {}
         for s in shapes:
-            if rem[s] and t in self.candidates(s):
-                n = _fit_one(free, s.demand, rem[s])
-                if n:
-                    take[s] = n
-                    for k, v in s.demand.items():
-                        free[k] -= n * v
+            left = rem[s]
+            if not left:
+                continue
+            if any(free[k] + EPS < v for k, v in least.items()):
+                break
+            n = left
+            for k, v in s.demand.items():
+                n = min(n, int((free.get(k, 0.0) + EPS) // v))
+            if n > 0:
+                take[s] = n
+                for k, v in s.demand.items():
+                    free[k] -= n * v
         return take
 
-    def best(self, shapes: list[_Shape], rem: dict) -> tuple[str, dict] | None:
+    def _least(self, t: str, shapes: list[_Shape]) -> dict:
+        """Resource -> the least any of ``shapes`` needs (those all of them need)."""
+        if not shapes:
+            return {}
+        return {k: m for k in self.types[t].resources
+                if (m := min(s.demand.get(k, 0.0) for s in shapes)) > 0}
+
+    def best(self, lists: dict, rem: dict) -> tuple[str, dict] | None:
+        """The type to launch next and what one node of it takes; ``lists``: type ->
+        (shapes it can hold, their least needs)."""
         best = None
-        for t in self.types:
-            if not self.room(t):
+        for t, (shapes, least) in lists.items():
+            if not shapes or not self.room(t):
                 continue
-            take = self.pack(t, shapes, rem)
+            take = self.pack(t, shapes, rem, least)
             if not take:
                 continue
             key = (self.score(t, take), self.scores.get(t, 1.0), -self.order[t])
@@ -288,10 +302,15 @@ class _Planner:
         """Launch nodes for ``rem`` (shape -> count still to place); returns the
         (type, number of nodes) chosen, and lowers ``rem`` by what they hold."""
         shapes = sorted(shapes, key=_Shape.size, reverse=True)
+        lists = {}
+        for t in self.types:
+            mine = [s for s in shapes if t in self.candidates(s)]
+            lists[t] = (mine, self._least(t, mine))
         served: dict = collections.defaultdict(collections.Counter)
         chosen = []
+        done = 0
         while True:
-            pick = self.best(shapes, rem)
+            pick = self.best(lists, rem)
             if pick is None:
                 break
             t, take = pick
@@ -300,10 +319,17 @@ class _Planner:
                 rem[s] -= n * copies
                 served[t][s] += n * copies
                 s.on_new += n * copies
+                done += not rem[s]
             chosen.append((t, copies))
             self.counts[t] += copies
             if self.budget is not None:
                 self.budget -= copies
+            if 4 * done > len(shapes):  # drop the shapes placed in full
+                for t, (mine, _) in lists.items():
+                    mine = [s for s in mine if rem[s]]
+                    lists[t] = (mine, self._least(t, mine))
+                shapes = [s for s in shapes if rem[s]]
+                done = 0
         for t, n in _merge(chosen).items():
             text = "; ".join(f"{c} of {s.describe()}" if c != s.count else s.describe()
                              for s, c in served[t].items())
