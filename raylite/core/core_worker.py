@@ -88,7 +88,7 @@ class _Entry:
     """An object this process owns or borrows."""
 
     __slots__ = ("desc", "waiters", "refs", "escaped", "owner", "requested", "callbacks",
-                 "remote_waiters")
+                 "remote_waiters", "borrowers", "nested")
 
     def __init__(self, owner: str | None):
         self.desc = None
@@ -99,12 +99,19 @@ class _Entry:
         self.requested = False
         self.callbacks = []
         self.remote_waiters = []
+        self.borrowers: set | None = None  # owned here: processes holding refs to it
+        self.nested = None  # the ObjectRefs inside its value, kept alive as long as it is
+
+    def unused(self) -> bool:
+        """Nothing refers to it any more: it can be freed (owned) or forgotten."""
+        return self.refs <= 0 and not self.escaped and not self.borrowers and \
+            not self.remote_waiters and not self.callbacks
 
 
 class _Task:
     __slots__ = ("task_id", "key", "body", "deps", "pending", "retries", "retry_exc", "lease",
                  "cancelled", "nret", "fn_id", "fn_bytes", "name", "actor_id", "stream",
-                 "sent")
+                 "sent", "nested")
 
     def __init__(self):
         self.lease = None
@@ -217,6 +224,7 @@ class CoreWorker:
             P.STEAL: self._on_steal, P.WAKE: lambda body, bufs: None,
             P.REPLY: self._on_reply, P.GET_OBJECT: self._on_get_object,
             P.OBJECT: self._on_object, P.CANCEL: self._on_cancel,
+            P.ADD_BORROWER: self._on_add_borrower, P.REMOVE_BORROWER: self._on_remove_borrower,
         }
         self._io = threading.Thread(target=self._io_loop, name="raylite-io", daemon=True)
         self._io.start()
@@ -333,8 +341,20 @@ class CoreWorker:
             with self._lock:
                 entry = self._objects.get(oid)
                 if entry is None:
-                    entry = self._objects[oid] = _Entry(None if owner == self.addr else owner)
+                    entry = self._new_entry(oid, owner)
         entry.refs += 1
+
+    def _new_entry(self, oid: bytes, owner: str) -> _Entry:
+        """The entry of a ref first seen here (lock held). A borrowed ref registers this
+        process with the owner, which keeps the object until every borrower lets go."""
+        if owner == self.addr:
+            entry = self._objects[oid] = _Entry(None)
+        else:
+            entry = self._objects[oid] = _Entry(owner)
+            if owner not in self._dead_owners:
+                self.outbox.send(owner, P.encode(P.ADD_BORROWER, {"oid": oid,
+                                                                  "addr": self.addr}))
+        return entry
 
     def remove_local_ref(self, oid: bytes) -> None:
         self._releases.append(oid)
@@ -347,11 +367,38 @@ class CoreWorker:
                 if entry is None:
                     continue
                 entry.refs -= 1
-                if entry.refs <= 0 and not entry.escaped and not entry.remote_waiters \
-                        and not entry.callbacks and (entry.desc is not None or entry.owner):
-                    del self._objects[oid]
-                    self._free_desc(entry)
-                    self._lineage.pop(oid[:16], None)
+                self._maybe_free(oid, entry)
+
+    def _maybe_free(self, oid: bytes, entry: _Entry) -> None:
+        """Free an owned object, or forget a borrowed one, once nothing refers to it
+        (lock held)."""
+        if not entry.unused() or (entry.desc is None and entry.owner is None):
+            return
+        del self._objects[oid]
+        if entry.owner is not None:
+            if entry.owner not in self._dead_owners:
+                self.outbox.send(entry.owner, P.encode(P.REMOVE_BORROWER, {
+                    "oid": oid, "addr": self.addr}))
+            return
+        self._free_desc(entry)
+        self._lineage.pop(oid[:16], None)
+        entry.nested = None  # the refs inside go now (their releases queue up)
+
+    def _on_add_borrower(self, body, _bufs) -> None:
+        with self._lock:
+            entry = self._objects.get(body["oid"])
+            if entry is not None and entry.owner is None:
+                if entry.borrowers is None:
+                    entry.borrowers = set()
+                entry.borrowers.add(body["addr"])
+
+    def _on_remove_borrower(self, body, _bufs) -> None:
+        with self._lock:
+            oid = body["oid"]
+            entry = self._objects.get(oid)
+            if entry is not None and entry.borrowers:
+                entry.borrowers.discard(body["addr"])
+                self._maybe_free(oid, entry)
 
     def _free_desc(self, entry: _Entry) -> None:
         desc = entry.desc
@@ -365,7 +412,8 @@ class CoreWorker:
         with self._lock:
             entry = self._objects[oid] = _Entry(None)
             entry.desc = desc
-            self._mark_escaped(s.refs)
+            if s.refs:  # refs inside live as long as this object (Ray: "contained in")
+                entry.nested = s.refs
         return ObjectRef(oid, self.addr, self)
 
     def _make_desc(self, s: ser.Serialized, oid: bytes) -> tuple:
@@ -403,7 +451,7 @@ class CoreWorker:
         for reply_to in entry.remote_waiters:
             self.outbox.send(reply_to, P.encode(P.OBJECT, {"oid": oid, "desc": desc}))
         entry.remote_waiters = []
-        if entry.refs <= 0 and not entry.escaped and entry.owner is None:
+        if entry.owner is None and entry.unused():
             del self._objects[oid]
             self._free_desc(entry)
 
@@ -412,7 +460,7 @@ class CoreWorker:
         existed, e.g. across a shutdown/init); lock held."""
         entry = self._objects.get(ref.id)
         if entry is None:
-            entry = self._objects[ref.id] = _Entry(None if ref.owner == self.addr else ref.owner)
+            entry = self._new_entry(ref.id, ref.owner)
             entry.refs += 1
         return entry
 
@@ -594,8 +642,10 @@ class CoreWorker:
             threading.Thread(target=done, daemon=True).start()
 
     # ------------------------------------------------------------------ tasks
-    def encode_args(self, args: tuple, kwargs: dict):
-        """Serialise arguments; top-level ObjectRefs become placeholders resolved later."""
+    def encode_args(self, args: tuple, kwargs: dict, hold: list | None = None):
+        """Serialise arguments; top-level ObjectRefs become placeholders resolved later.
+        Refs nested in the arguments go into ``hold`` (kept by the task until it is
+        done, so the worker can register as their borrower first)."""
         if not args and not kwargs:
             return _NO_ARGS, ()
         deps = []
@@ -610,22 +660,27 @@ class CoreWorker:
             kwargs = {k: sub(v) for k, v in kwargs.items()}
         if type(args) is tuple and ser._plain(args) and ser._plain(kwargs):
             return ("i", ser.pickle.dumps((args, kwargs), 5), []), deps
-        return self._encode_value((args, kwargs)), deps
+        return self._encode_value((args, kwargs), hold), deps
 
-    def _encode_value(self, value) -> tuple:
+    def _encode_value(self, value, hold: list | None = None) -> tuple:
         """A descriptor for a value sent with a message (inline, or via the store)."""
         s = ser.serialize(value)
         if s.refs:
-            with self._lock:
-                self._mark_escaped(s.refs)
+            if hold is not None:
+                hold.extend(s.refs)
+            else:
+                with self._lock:
+                    self._mark_escaped(s.refs)
         return self._make_desc(s, new_id())
 
     def submit_task(self, fn_id: bytes, fn_bytes: bytes, name: str, args, kwargs, *,
                     key: tuple, demand: dict, nret, max_retries: int, retry_exceptions,
                     lease_opts: dict):
-        args_desc, deps = self.encode_args(args, kwargs)
+        nested: list = []
+        args_desc, deps = self.encode_args(args, kwargs, nested)
         t = _Task()
         t.task_id = tid = new_id()
+        t.nested = nested
         t.key = key
         t.fn_id, t.fn_bytes, t.name = fn_id, fn_bytes, name
         t.deps = deps
@@ -1031,9 +1086,11 @@ class CoreWorker:
 
     def submit_actor_task(self, actor_id: bytes, method: str, args, kwargs, nret,
                           max_task_retries: int = 0):
-        args_desc, deps = self.encode_args(args, kwargs)
+        nested: list = []
+        args_desc, deps = self.encode_args(args, kwargs, nested)
         t = _Task()
         t.task_id = tid = new_id()
+        t.nested = nested
         t.actor_id = actor_id
         t.key = None
         t.deps = deps
@@ -1163,6 +1220,9 @@ class CoreWorker:
                 if entry.owner == dead and entry.desc is None and entry.requested:
                     self._set_ready(oid, ser.error_descriptor(exc.OwnerDiedError(
                         oid.hex(), f"The owner of object {oid.hex()} ({dead}) died.")))
+                elif entry.borrowers and dead in entry.borrowers:  # a borrower died
+                    entry.borrowers.discard(dead)
+                    self._maybe_free(oid, entry)
         self.outbox.forget(dead)
 
     def _on_log(self, body, _bufs) -> None:

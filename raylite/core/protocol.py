@@ -76,6 +76,8 @@ OBJECT = b"object"                      # owner -> borrower: oid, value descript
 PULL = b"pull"                          # reader -> its agent: src_path, src_addr, reply_to
 FETCH_CHUNK = b"fetch_chunk"            # agent -> source agent: path, offset, length, dest
 CHUNK = b"chunk"                        # source agent -> agent: dest, offset, size + frame
+ADD_BORROWER = b"add_borrower"          # borrower -> owner: oid, addr (it holds a ref now)
+REMOVE_BORROWER = b"remove_borrower"    # borrower -> owner: oid, addr (it let go)
 WAKE = b"wake"                          # a process to its own inbox: wake the IO thread
 
 _dumps = pickle.dumps
