@@ -286,7 +286,8 @@ def test_local_provider_knobs_change_launches_at_run_time():
     assert set(p.non_terminated_nodes()) == {nid, never, slow}
     (late,) = p.launch(spot, 1)
     p.shutdown()  # cancels launches not started yet
-    time.sleep(0.3)  # past the launch delay: nothing may start now
+    assert p._nodes[late]["timer"].finished.is_set()
+    p._start(fake, late)  # even a timer that fired already starts nothing now
     assert len(fake.added) == 2 and p.launch_status(late)[0] == "pending"
 
 
@@ -419,7 +420,10 @@ def test_min_workers_request_resources_and_shutdown_leave_nothing_behind(autosca
     wait_for_condition(lambda: alive() == 2, 20, message="min_workers node")
     autoscaler.request_resources(bundles=[{"CPU": 1}] * 3)
     wait_for_condition(lambda: alive() == 4, 20, message="requested capacity")
-    time.sleep(1.0)  # past the idle timeout: the requested nodes must stay
+    wait_for_condition(lambda: all((n["idle_s"] or 0) > 1.0 for n in
+                                   state.get_autoscaler_status()["nodes"]), 10)
+    ticks = scaler.ticks  # two more ticks with every node idle past the timeout
+    wait_for_condition(lambda: scaler.ticks >= ticks + 2, 5)
     assert alive() == 4
     autoscaler.request_resources()
     wait_for_condition(lambda: alive() == 2, 20, message="back to min_workers")

@@ -46,33 +46,28 @@ def start(config: AutoscalerConfig | dict, provider: NodeProvider | None = None)
     """Start the autoscaler loop in this driver (``raylite.init()`` first); it stops with
     ``raylite.shutdown()`` or :func:`stop`. Returns it (its ``provider`` has the knobs)."""
     global _current
-    from raylite.core import driver, runtime
+    from raylite.core import runtime
 
     if runtime.core is None:
         raise RuntimeError("call raylite.init() before starting the autoscaler")
-    if _current is not None and _current.running:
+    if get() is not None:
         raise RuntimeError("an autoscaler is already running; raylite.autoscaler.stop() it "
                            "first")
     scaler = Autoscaler(config, provider)
     if isinstance(scaler.provider, LocalNodeProvider):
         _ = scaler.provider.cluster  # fail now, not in the loop, without a local cluster
     _current = scaler.start()
-    driver._State.shutdown_hooks.append(stop)
     return scaler
 
 
 def stop() -> None:
     """Stop the running autoscaler (the nodes it launched stay until shutdown)."""
     global _current
-    from raylite.core import driver
-
     scaler, _current = _current, None
-    if stop in driver._State.shutdown_hooks:
-        driver._State.shutdown_hooks.remove(stop)
     if scaler is not None:
         scaler.stop()
 
 
 def get() -> Autoscaler | None:
-    """The autoscaler running in this process, if any."""
-    return _current
+    """The autoscaler started by :func:`start` in this process, while it runs."""
+    return _current if _current is not None and not _current.stopped else None

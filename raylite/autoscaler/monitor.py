@@ -61,6 +61,12 @@ class Autoscaler:
 
     # ------------------------------------------------------------------ the loop
     def start(self) -> Autoscaler:
+        """Run the loop in a background thread; ``raylite.shutdown()`` stops it."""
+        from raylite.core import driver
+
+        if self._stop.is_set():
+            raise RuntimeError("this autoscaler was stopped; make a new one")
+        driver._State.shutdown_hooks.append(self.stop)
         self._thread = threading.Thread(target=self._run, name="raylite-autoscaler",
                                         daemon=True)
         self._thread.start()
@@ -79,8 +85,15 @@ class Autoscaler:
             self._stop.wait(self.config.interval_s)
 
     def stop(self) -> None:
-        """Stop the loop and cancel launches not started yet; the nodes stay."""
+        """Stop the loop and cancel launches not started yet; the nodes stay (until
+        ``raylite.shutdown()`` stops the cluster). Stopping twice does nothing."""
+        from raylite.core import driver
+
+        if self.stopped:
+            return
         self._stop.set()
+        if self.stop in driver._State.shutdown_hooks:
+            driver._State.shutdown_hooks.remove(self.stop)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10.0)
         self.provider.shutdown()
@@ -93,6 +106,10 @@ class Autoscaler:
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
 
     def step(self) -> policy.Decision:
         """One tick: observe, decide, act, report. Returns the policy's decision."""
@@ -261,6 +278,6 @@ class Autoscaler:
         }
 
     def __repr__(self) -> str:
-        counts = {t: sum(i["node_type"] == t for i in self.instances.values())
-                  for t in self.node_types}
+        instances = list(self.instances.values())
+        counts = {t: sum(i["node_type"] == t for i in instances) for t in self.node_types}
         return f"Autoscaler(running={self.running}, nodes={counts}, failed={self.failures})"
