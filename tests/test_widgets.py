@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import sys
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -387,3 +388,29 @@ def test_import_stays_cheap():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
     code = "import sys, raylite; assert 'raylite.widgets' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+
+
+def test_one_throttled_updater_for_all_views(cluster):
+    views = [raylite.widgets.ClusterView(), raylite.widgets.PlacementView(),
+             raylite.widgets.AutoscalerView()]
+    names = [t.name for t in threading.enumerate()]
+    assert names.count("raylite-widgets") == 1 and names.count("raylite-events") == 1
+    times = []
+    apply = views[0]._apply
+    views[0]._apply = lambda state: (times.append(time.monotonic()), apply(state))
+
+    @raylite.remote
+    def tiny(i):
+        return i
+
+    def burst() -> bool:  # task events in a stream, coalesced into few refreshes
+        raylite.get([tiny.remote(i) for i in range(30)])
+        return len(times) >= 4
+    wait_for_condition(burst, timeout=10)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert min(gaps) >= updater.MIN_INTERVAL * 0.9, gaps  # at most 4 refreshes a second
+    views[0].close()
+    assert views[1].live and updater.current() is not None
+    for v in views[1:]:
+        v.close()
+    wait_for_condition(no_widget_threads, timeout=5)
