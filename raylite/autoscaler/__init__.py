@@ -19,7 +19,8 @@ raylite.util.state.get_autoscaler_status()    # what it sees and did, and why
 ```
 
 Pieces: :mod:`~raylite.autoscaler.policy` (a pure function: demand, nodes, node types,
-availability -> launches and terminations with reasons), :mod:`~raylite.autoscaler.provider`
+availability -> launches and terminations with reasons; its bin packing is in
+:mod:`~raylite.autoscaler.packing`), :mod:`~raylite.autoscaler.provider`
 (:class:`NodeProvider` and :class:`LocalNodeProvider`), :mod:`~raylite.autoscaler.monitor`
 (the loop). Differences from Ray: the loop is a thread of the driver that started it,
 not a process beside the head; it manages only nodes of its declared types (the nodes
