@@ -171,8 +171,8 @@ class Agent:
                 # a bounded batch: during a long transfer the inbox never empties, and
                 # the heartbeats below must still go out
                 for _ in range(32):
-                    try:
-                        frames = self.inbox.recv_multipart(zmq.NOBLOCK)
+                    try:  # frames as received (chunks are written from them, no copy)
+                        frames = self.inbox.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
                     mtype, body, bufs = P.decode(frames)

@@ -153,6 +153,12 @@ def read(path: str) -> tuple[bytes, list[memoryview]]:
     """Map an object file (from the store, or from disk if it was spilled); returns its
     meta and read-only views of its buffers. The file stays locked (shared) while any
     view of the mapping lives, so it is never recycled under a reader."""
+    return parse_bytes(map_object(path))
+
+
+def map_object(path: str) -> memoryview:
+    """A read-only view of an object file (or its spilled copy), locked against recycling
+    for as long as any view of the mapping lives."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -168,7 +174,7 @@ def read(path: str) -> tuple[bytes, list[memoryview]]:
         os.close(fd)
         raise
     weakref.finalize(m, os.close, fd)  # the lock goes with the last view of the mapping
-    return parse_bytes(memoryview(m).toreadonly())
+    return memoryview(m).toreadonly()
 
 
 def parse_bytes(data) -> tuple[bytes, list[memoryview]]:
