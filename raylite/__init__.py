@@ -28,6 +28,7 @@ _WHERE = {
     "RemoteFunction": "raylite.core.remote_function",
     "timeline": "raylite.util.state",
     "exceptions": None, "util": None, "cluster_utils": None, "serve": None, "widgets": None,
+    "autoscaler": None,
 }
 
 __all__ = [
@@ -35,7 +36,7 @@ __all__ = [
     "wait", "cancel", "kill", "get_actor", "nodes", "cluster_resources", "available_resources",
     "get_runtime_context", "get_gpu_ids", "method", "ObjectRef", "ObjectRefGenerator",
     "ActorClass", "ActorHandle", "RemoteFunction", "RayliteContext", "RuntimeContext",
-    "util", "cluster_utils", "timeline", "serve", "widgets",
+    "util", "cluster_utils", "timeline", "serve", "widgets", "autoscaler",
 ]
 
 
@@ -55,7 +56,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from raylite import cluster_utils, exceptions, serve, util, widgets
+    from raylite import autoscaler, cluster_utils, exceptions, serve, util, widgets
     from raylite.core.actor import ActorClass, ActorHandle, method
     from raylite.core.api import (
         RayliteContext,
