@@ -300,3 +300,32 @@ def test_replica_context_and_function_deployments(serve_url):
     with pytest.raises(RayServeException):
         serve.get_replica_context()
     serve.delete("ctx")
+
+
+def test_handles_to_missing_or_deleted_deployments_fail(serve_url):
+    from raylite.serve.exceptions import DeploymentUnavailableError
+
+    with pytest.raises(DeploymentUnavailableError, match="does not exist"):
+        serve.get_deployment_handle("Nope", "nowhere").remote().result(timeout_s=10)
+    h = serve.run(Calc.bind(), name="gone", route_prefix=None)
+    assert h.remote(1).result() == 1
+    serve.delete("gone")
+    with pytest.raises(DeploymentUnavailableError, match="deleted"):
+        h.remote(1).result(timeout_s=10)
+
+
+def test_a_killed_replica_is_replaced(serve_url):
+    @serve.deployment(ray_actor_options=NO_CPU, health_check_period_s=0.2)
+    class Mortal:
+        def __call__(self):
+            return os.getpid()
+
+        def die(self):
+            os._exit(1)
+
+    h = serve.run(Mortal.bind(), name="mortal", route_prefix=None)
+    pid = h.remote().result()
+    with pytest.raises(raylite.exceptions.RayActorError):
+        h.die.remote().result(timeout_s=10)
+    wait_for_condition(lambda: h.remote().result(timeout_s=5) != pid, timeout=20)
+    serve.delete("mortal")

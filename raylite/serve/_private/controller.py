@@ -82,6 +82,7 @@ class ServeController:
                 d.check_health(now)
                 if d.deleting and not d.replicas:
                     del app.deployments[d.name]
+                    d.publish(error=f"Deployment {d.name!r} of app {app.name!r} was deleted.")
             if app.deleting and not app.deployments:
                 del self.apps[app.name]
                 self._publish_routes()
@@ -242,6 +243,13 @@ class ServeController:
 
     # ------------------------------------------------------------------ queries
     async def listen_for_change(self, known: dict) -> dict:
+        for key in known:
+            if key.startswith("replicas:") and self.long_poll.get(key) is None:
+                app, _, dep = key[len("replicas:"):].partition("/")
+                if self._deployment(app, dep) is None:
+                    self.long_poll.publish(key, {
+                        "replicas": [], "max_ongoing_requests": 1, "max_queued_requests": -1,
+                        "error": f"Deployment {dep!r} of app {app!r} does not exist."})
         return await self.long_poll.listen(known)
 
     def get_status(self) -> dict:

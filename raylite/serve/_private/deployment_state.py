@@ -206,6 +206,7 @@ class DeploymentState:
             self.status, self.trigger = "DEPLOY_FAILED", "REPLICA_STARTUP_FAILED"
             self.message = (f"The deployment failed to start {self.failures} times in a row."
                             f" Last error:\n{e}")
+            self.publish()
 
     def stop_replica(self, r: Replica, graceful: bool = True) -> None:
         was_running = r.state == RUNNING
@@ -290,14 +291,18 @@ class DeploymentState:
             self.set_target(want, "AUTOSCALE_UP" if want > self.target else "AUTOSCALE_DOWN")
 
     # ------------------------------------------------------------------ publish
-    def publish(self) -> None:
+    def publish(self, error: str | None = None) -> None:
+        """Tell routers the running replicas; ``error`` (or a failed deploy) makes them
+        fail requests that no replica can take."""
         from raylite.serve._private.router import replicas_key
 
         cfg = self.config
+        if error is None and self.status == "DEPLOY_FAILED":
+            error = f"Deployment {self.name!r} of app {self.app!r} failed: {self.message}"
         self.ctrl.long_poll.publish(replicas_key(self.app, self.name), {
             "replicas": [(r.replica_id, r.actor) for r in self.replicas if r.state == RUNNING],
             "max_ongoing_requests": cfg["max_ongoing_requests"],
-            "max_queued_requests": cfg["max_queued_requests"]})
+            "max_queued_requests": cfg["max_queued_requests"], "error": error})
 
 
 def _initial_target(cfg: dict) -> int:

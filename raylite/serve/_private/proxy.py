@@ -20,7 +20,7 @@ import raylite
 from raylite.serve._private import client, rest
 from raylite.serve._private.long_poll import LongPollClient
 from raylite.serve._private.router import get_router
-from raylite.serve.exceptions import BackPressureError
+from raylite.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class HTTPProxy:
                                        self._timeout)
         except asyncio.TimeoutError:
             await send_simple(send, 408, f"Request timed out after {self._timeout}s.")
-        except BackPressureError as e:
+        except (BackPressureError, DeploymentUnavailableError) as e:
             await send_simple(send, 503, str(e))
 
     async def _forward(self, app: str, dep: str, scope: dict, body: bytes, send) -> None:

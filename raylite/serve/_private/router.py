@@ -17,9 +17,10 @@ import threading
 import time
 from concurrent.futures import Future
 
+from raylite.exceptions import RayActorError
 from raylite.serve._private.long_poll import LongPollClient
 from raylite.serve._private.policy import choose_replica
-from raylite.serve.exceptions import BackPressureError
+from raylite.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class Router:
         self._max_queued = -1
         self._queue: collections.deque[_Pending] = collections.deque()
         self._known = False  # replica set received at least once
+        self._error = None  # why the deployment cannot take requests (deleted, failed)
         self._pushed = (0, 0.0)  # (queued, time) last reported
         self._poll = LongPollClient(controller, replicas_key(app, deployment), self._update)
 
@@ -74,9 +76,15 @@ class Router:
             self._slots = [old.get(rid) or _Slot(rid, actor) for rid, actor in value["replicas"]]
             self._max_ongoing = value["max_ongoing_requests"]
             self._max_queued = value["max_queued_requests"]
+            self._error = value.get("error")
             self._known = True
             ready = self._take_ready()
+            failed = []
+            if self._error and not self._slots:
+                failed, self._queue = list(self._queue), collections.deque()
         self._send_all(ready)
+        for pending in failed:
+            pending.future.set_exception(DeploymentUnavailableError(self._error))
 
     def stop(self) -> None:
         self._poll.stop()
@@ -93,6 +101,8 @@ class Router:
         with self._lock:
             slot = self._pick() if not self._queue else None
             if slot is None:
+                if self._error and not self._slots:
+                    raise DeploymentUnavailableError(self._error)
                 if 0 <= self._max_queued <= len(self._queue):
                     raise BackPressureError(num_queued_requests=len(self._queue),
                                             max_queued_requests=self._max_queued,
@@ -138,12 +148,16 @@ class Router:
             self._release(slot)
             pending.future.set_exception(e)
             return
-        done.add_done_callback(lambda _f: self._release(slot))
+        done.add_done_callback(lambda f: self._release(slot, f))
         pending.future.set_result((slot, result))
 
-    def _release(self, slot: _Slot) -> None:
+    def _release(self, slot: _Slot, done: Future | None = None) -> None:
         with self._lock:
             slot.inflight -= 1
+            if done is not None and not done.cancelled() and \
+                    isinstance(done.exception(), RayActorError) and \
+                    slot in self._slots:  # the replica died: stop sending to it
+                self._slots = [s for s in self._slots if s is not slot]
             ready = self._take_ready() if self._queue else ()
         if ready:
             self._send_all(ready)
