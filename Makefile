@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install -q -e ".[all,dev]" "$(TORCH)"
 	@touch $@
 
+# (--allow-root only where JupyterLab would otherwise refuse: containers running as root)
 lab: setup
-	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks --no-browser
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks --no-browser \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: setup
 	$(PY) -m pytest -x -q tests
