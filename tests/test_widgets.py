@@ -231,12 +231,15 @@ def test_cluster_view_live(two_nodes):
     def blocked(s):
         raylite.get(s.wait.remote())
 
+    def card(zone: str) -> str:
+        return next(c.value for c in view._box.children if f"zone={zone}" in c.value)
+
     ref = blocked.remote(signal)
-    wait_for_condition(lambda: "(blocked)" in card_text(view), timeout=10)
-    b_card = next(c.value for c in view._box.children if "zone=b" in c.value)
-    assert "running tasks: <b>1</b> (blocked)" in b_card
-    a_card = next(c.value for c in view._box.children if "zone=a" in c.value)
-    assert "actors: 1 (SignalActor)" in a_card and "(wait)" in a_card  # its running call
+    # the task on b, and the actor call it made on a (reported by the task's worker)
+    wait_for_condition(lambda: "(blocked)" in card("b") and "(wait)" in card("a"),
+                       timeout=10)
+    assert "running tasks: <b>1</b> (blocked)" in card("b")
+    assert "actors: 1 (SignalActor)" in card("a")
     assert "2 tasks running" in view._header.value
     cards_before = view._box.children
     raylite.get(signal.send.remote())
