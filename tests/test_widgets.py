@@ -252,6 +252,28 @@ def test_cluster_view_live(two_nodes):
     wait_for_condition(no_widget_threads, timeout=5)
 
 
+def test_cluster_view_nodes_join_and_die(monkeypatch):
+    from raylite.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAYLITE_NODE_TIMEOUT_S", "1.0")  # the head marks it dead sooner
+    cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 1})
+    try:
+        view = raylite.widgets.ClusterView()
+        assert len(view._box.children) == 1
+        extra = cluster.add_node(num_cpus=1, labels={"role": "extra"})
+
+        def extra_card() -> str:
+            return next((c.value for c in view._box.children if "role=extra" in c.value), "")
+        wait_for_condition(lambda: extra.node_id in extra_card(), timeout=10)
+        assert "alive" in extra_card() and "2 nodes alive" in view._header.value
+        cluster.remove_node(extra)
+        wait_for_condition(lambda: ">dead<" in extra_card(), timeout=10)
+        assert "1 node alive, 1 dead" in view._header.value
+        assert "DEAD" in repr(view)
+    finally:
+        cluster.shutdown()
+
+
 def test_views_stop_at_shutdown():
     raylite.init(num_cpus=1)
     try:
