@@ -75,15 +75,6 @@ class Updater:
             self.dirty.update(self.views if views is None else views)
             self._cv.notify()
 
-    def stop(self) -> None:
-        with self._cv:
-            self._stopped = True
-            self._cv.notify()
-
-    def join(self, timeout: float = 2.0) -> None:
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
-
     # ---------------------------------------------------------------- the thread
     def _on_event(self, topic: str, body: dict) -> None:
         """On the event stream's thread: let views note the event, then mark them."""
@@ -150,6 +141,8 @@ class Updater:
         for v in views:
             try:
                 v._apply(state)
+                if v._status != "live":  # e.g. after "cannot read the cluster state"
+                    v._set_status("live")
             except Exception:
                 log.exception("raylite widget %s failed to update", type(v).__name__)
 
