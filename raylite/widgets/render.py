@@ -243,6 +243,14 @@ def cluster_html(state: dict, running: dict[str, Counter] | None = None) -> str:
     return f'<div class="raylite-cluster">{cluster_header(state, running)}{body}</div>'
 
 
+def svg_open(width: int, height: int, cls: str) -> str:
+    """An inline SVG element that scales down to narrow outputs; text in the page's
+    colour (``currentColor``)."""
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" class="{cls}" '
+            f'style="{FONT};font-size:11px;max-width:100%;height:auto">')
+
+
 def message(text: str, muted: bool = True) -> str:
     """A one-line note (status footers, 'not connected')."""
     return f'<div style="{FONT};opacity:{0.65 if muted else 1}">{esc(text)}</div>'

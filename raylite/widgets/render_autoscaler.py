@@ -124,9 +124,7 @@ def timeline_svg(samples: list[dict], decisions: list[dict], types: list[str],
     def y(v: float) -> float:
         return top + plot_h - plot_h * v / ymax
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" style="{R.FONT};font-size:11px" '
-           f'class="raylite-autoscaler-timeline">']
+    out = [R.svg_open(width, height, "raylite-autoscaler-timeline")]
     for i in range(ymax + 1) if ymax <= 8 else range(0, ymax + 1, max(1, ymax // 4)):
         out.append(f'<line x1="{left}" x2="{width - right}" y1="{y(i):.1f}" y2="{y(i):.1f}" '
                    f'stroke="currentColor" stroke-opacity=".12"/><text x="{left - 6}" '

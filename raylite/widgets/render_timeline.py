@@ -77,9 +77,7 @@ def gantt_svg(records, now: float | None = None, max_bars: int = 2000,
         return LEFT + pw * (t - t0) / span
 
     colors = name_colors(items)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" style="{R.FONT};font-size:11px" '
-           f'class="raylite-gantt">']
+    out = [R.svg_open(width, height, "raylite-gantt")]
     lx = LEFT  # legend: the first names
     for name, color in list(colors.items())[:10]:
         out.append(f'<rect x="{lx}" y="6" width="10" height="10" fill="{color}"/>'
