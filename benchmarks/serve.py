@@ -11,7 +11,8 @@ deployment's default options (``max_ongoing_requests=5``, one CPU per replica) e
 ``num_replicas``. Ray runs under ``--ray-python``, else ``$RAY_PYTHON``, else the current
 interpreter, and is skipped with a note when ``ray.serve`` cannot be imported there.
 
-Measured, for 1 and 2 replicas and client concurrencies 1, 8 and 32 (after a warm-up):
+Measured, for 1 and 2 replicas and client concurrencies 1, 8 and 32, after a warm-up, as
+the medians of 3 runs of 3 s per point (``--quick``: one run of 2 s):
 
 - HTTP: ``wrk -t1 -c<concurrency> -d<seconds>`` against ``GET /`` (wrk from Debian's
   packages; a Lua ``done`` hook reports requests/s and the p50 / p99 latency);
@@ -118,7 +119,14 @@ def handle_load(handle: Any, concurrency: int, seconds: float) -> dict[str, floa
             "requests": len(latencies), "errors": 0}
 
 
-def measure(name: str, seconds: float) -> list[dict[str, Any]]:
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric's median over repeated runs of one point, and the runs themselves."""
+    out: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    out["runs"] = runs
+    return out
+
+
+def measure(name: str, seconds: float, repeats: int) -> list[dict[str, Any]]:
     """Every HTTP and handle point for framework ``name``, in this process."""
     fw = __import__(name)
     serve = __import__(f"{name}.serve", fromlist=["serve"])
@@ -138,9 +146,11 @@ def measure(name: str, seconds: float) -> list[dict[str, Any]]:
             handle_load(handle, 8, min(seconds, 1))
             for c in CONCURRENCY:
                 rows.append({"via": "http", "replicas": replicas, "concurrency": c,
-                             **wrk(url, c, seconds, f.name)})
+                             **_median([wrk(url, c, seconds, f.name)
+                                        for _ in range(repeats)])})
                 rows.append({"via": "handle", "replicas": replicas, "concurrency": c,
-                             **handle_load(handle, c, seconds)})
+                             **_median([handle_load(handle, c, seconds)
+                                        for _ in range(repeats)])})
                 print(rows[-2], rows[-1], flush=True)
             serve.delete("bench")
         os.unlink(f.name)
@@ -150,7 +160,7 @@ def measure(name: str, seconds: float) -> list[dict[str, Any]]:
     return rows
 
 
-def worker_main(name: str, seconds: float, out_path: str) -> None:
+def worker_main(name: str, seconds: float, repeats: int, out_path: str) -> None:
     try:
         fw = __import__(name)
         __import__(f"{name}.serve")
@@ -158,19 +168,19 @@ def worker_main(name: str, seconds: float, out_path: str) -> None:
         result: dict[str, Any] = {"skipped": f"cannot import {name}.serve: {exc}"}
     else:
         result = {"version": getattr(fw, "__version__", "unknown"),
-                  "executable": sys.executable, "rows": measure(name, seconds)}
+                  "executable": sys.executable, "rows": measure(name, seconds, repeats)}
     Path(out_path).write_text(json.dumps(result))
 
 
 # --------------------------------------------------------------------------- parent
 
 
-def run_worker(name: str, python: str, seconds: float) -> dict[str, Any]:
+def run_worker(name: str, python: str, seconds: float, repeats: int) -> dict[str, Any]:
     """Measure one framework in a fresh subprocess; never leave its processes behind."""
     with tempfile.TemporaryDirectory() as tmp:
         out_path = os.path.join(tmp, "result.json")
         cmd = [python, str(Path(__file__).resolve()), "--worker", "--framework", name,
-               "--seconds", str(seconds), "--out", out_path]
+               "--seconds", str(seconds), "--repeats", str(repeats), "--out", out_path]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=worker_env(name), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
@@ -313,6 +323,7 @@ def plot(results: dict[str, dict[str, Any]], decisions: list[dict], path: Path) 
         ax.grid(alpha=0.3)
     axes[0][0].axhline(TARGET["rps"], color="grey", ls=":", label="target (1 replica, c=8)")
     axes[0][1].axhline(TARGET["p99_ms"], color="grey", ls=":", label="target (1 replica, c=8)")
+    axes[0][1].set_yscale("log")
     axes[0][0].legend(fontsize=8)
     ax = axes[1][1]
     if decisions:
@@ -333,8 +344,9 @@ def plot(results: dict[str, dict[str, Any]], decisions: list[dict], path: Path) 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="2 s per point instead of 5")
-    p.add_argument("--seconds", type=float, help="seconds per load point (default 5)")
+    p.add_argument("--quick", action="store_true", help="one 2 s run per point")
+    p.add_argument("--seconds", type=float, help="seconds per run (default 3)")
+    p.add_argument("--repeats", type=int, help="runs per point, medians kept (default 3)")
     p.add_argument("--no-ray", action="store_true", help="measure raylite only")
     p.add_argument("--framework", choices=FRAMEWORKS, help="measure only this framework")
     p.add_argument("--ray-python", default=os.environ.get("RAY_PYTHON", sys.executable),
@@ -345,14 +357,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.seconds = args.seconds or (2.0 if args.quick else 5.0)
+    args.seconds = args.seconds or (2.0 if args.quick else 3.0)
+    args.repeats = args.repeats or (1 if args.quick else 3)
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
-        worker_main(args.framework, args.seconds, args.out)
+        worker_main(args.framework, args.seconds, args.repeats, args.out)
         return
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
@@ -364,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
             results[name] = {"skipped": "not requested"}
             continue
         print(f"measuring {name} with {pythons[name]} ...", flush=True)
-        results[name] = run_worker(name, pythons[name], args.seconds)
+        results[name] = run_worker(name, pythons[name], args.seconds, args.repeats)
         if "log" in results[name]:
             print(results[name]["log"], file=sys.stderr)
     print("timing autoscaling decisions ...", flush=True)
@@ -372,7 +385,8 @@ def main(argv: list[str] | None = None) -> None:
     print_table(results, decisions)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine_info(),
-              "config": {"seconds": args.seconds, "replicas": REPLICAS,
+              "config": {"seconds": args.seconds, "repeats": args.repeats,
+                         "replicas": REPLICAS,
                          "concurrency": CONCURRENCY, "load_generator": "wrk -t1"},
               "target": TARGET, "frameworks": results, "autoscaling_decision": decisions}
     args.json.write_text(json.dumps(report, indent=2) + "\n")
