@@ -35,8 +35,13 @@ import pytest
 
 from raylite.testing import assert_no_leaks
 
-pytest.importorskip("jupyterlab")
-sync_api = pytest.importorskip("playwright.sync_api")
+REQUIRED = bool(os.environ.get("RAYLITE_REQUIRE_BROWSER"))  # CI: fail, never skip
+if REQUIRED:
+    import jupyterlab  # noqa: F401
+    from playwright import sync_api
+else:
+    pytest.importorskip("jupyterlab")
+    sync_api = pytest.importorskip("playwright.sync_api")
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "tests" / "_output"
@@ -173,7 +178,7 @@ def stop_lab(lab: Lab) -> None:
 def lab(tmp_path_factory):
     if not os.path.exists(CHROMIUM):
         msg = f"no Chromium at {CHROMIUM} (apt-get install chromium)"
-        if os.environ.get("RAYLITE_REQUIRE_BROWSER"):
+        if REQUIRED:
             pytest.fail(msg)
         pytest.skip(msg)
     home = tmp_path_factory.mktemp("jupyterlab")
