@@ -292,6 +292,10 @@ def print_table(results: dict[str, dict[str, Any]], decisions: list[dict]) -> No
     for name, r in results.items():
         if "skipped" in r:
             print(f"note: {name} not measured: {r['skipped']}")
+        elif "load_average_1min" in r:
+            before, after = r["load_average_1min"]
+            print(f"note: 1-min load average while measuring {name}: {before:.1f} -> "
+                  f"{after:.1f} (this machine has {os.cpu_count()} CPUs)")
 
 
 def plot(results: dict[str, dict[str, Any]], decisions: list[dict], path: Path) -> None:
@@ -377,7 +381,10 @@ def main(argv: list[str] | None = None) -> None:
             results[name] = {"skipped": "not requested"}
             continue
         print(f"measuring {name} with {pythons[name]} ...", flush=True)
+        load_before = os.getloadavg()[0]
         results[name] = run_worker(name, pythons[name], args.seconds, args.repeats)
+        # other work on the machine shows in the tails: keep the load beside the numbers
+        results[name]["load_average_1min"] = [load_before, os.getloadavg()[0]]
         if "log" in results[name]:
             print(results[name]["log"], file=sys.stderr)
     print("timing autoscaling decisions ...", flush=True)

@@ -76,7 +76,9 @@ class ObjectRef:
                 pass
 
     def future(self):
-        """A concurrent.futures.Future resolved with the value."""
+        """A concurrent.futures.Future resolved with the value. Its done-callbacks may run
+        on raylite's IO thread (for small values), so they must be quick and not block
+        (no ``get`` in them); hand longer work to another thread."""
         return self._core.as_future(self)
 
     def __await__(self):
