@@ -4,6 +4,8 @@ down through the REST API."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 
@@ -302,6 +304,29 @@ def test_external_scaler_and_autoscaling_are_exclusive(serve_url):
         return "x"
     with pytest.raises(ValueError, match="external_scaler_enabled"):
         serve.run(both.bind(), name="both", external_scaler_enabled=True)
+
+
+def test_a_dead_proxy_is_replaced(serve_url):
+    @serve.deployment(ray_actor_options=NO_CPU)
+    def alive(request):
+        return "alive"
+
+    serve.run(alive.bind(), name="alive", route_prefix="/alive")
+
+    def proxy_pid():
+        (info,) = get(f"{serve_url}/api/serve/applications/").json()["proxies"].values()
+        return info["pid"]
+    old = proxy_pid()
+    os.kill(old, signal.SIGKILL)
+
+    def serving():
+        try:
+            return get(f"{serve_url}/alive").text == "alive"
+        except httpx.HTTPError:
+            return False
+    wait_for_condition(serving, timeout=30, message="a new proxy serves the app")
+    assert proxy_pid() != old
+    serve.delete("alive")
 
 
 def test_put_declarative_config_then_delete_shuts_serve_down(serve_url):

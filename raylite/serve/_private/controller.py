@@ -22,6 +22,8 @@ from raylite.serve.context import CONTROLLER_NAME, SERVE_NAMESPACE
 log = logging.getLogger(__name__)
 
 CONTROL_LOOP_S = 0.05
+PROXY_CHECK_S = 1.0
+PROXY_CHECK_TIMEOUT_S = 10.0
 
 
 class AppState:
@@ -54,6 +56,7 @@ class ServeController:
         self.proxy = None
         self.proxy_info: dict | None = None
         self._proxy_lock = asyncio.Lock()
+        self._proxy_watch = None
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
         self.long_poll.publish("routes", {})
@@ -120,7 +123,33 @@ class ServeController:
                 raylite.kill(proxy)
                 raise
             self.proxy, self.http_options = proxy, http_options
+            if self._proxy_watch is None:
+                self._proxy_watch = self.spawn(self._watch_proxy())
             return self.proxy_info
+
+    async def _watch_proxy(self) -> None:
+        """Start a new proxy (same options) when the running one dies."""
+        while True:
+            await asyncio.sleep(PROXY_CHECK_S)
+            proxy = self.proxy
+            if proxy is None or self._stopping:
+                continue
+            try:
+                await asyncio.wait_for(_ref(proxy.ready.remote()), PROXY_CHECK_TIMEOUT_S)
+                continue
+            except Exception as e:
+                if self.proxy is not proxy or self._stopping:
+                    continue
+                log.warning("Serve's HTTP proxy is not answering (%s): starting a new one", e)
+            try:
+                raylite.kill(proxy)
+            except Exception:
+                pass
+            self.proxy = self.proxy_info = None
+            try:
+                await self.start_proxy(self.http_options)
+            except Exception:
+                log.exception("could not restart Serve's HTTP proxy")
 
     def _find_self(self) -> None:
         if self.self_handle is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import threading
 import time
@@ -189,7 +190,7 @@ class ProxyActor:
             if time.monotonic() > deadline:
                 raise TimeoutError("Serve's HTTP server did not start")
             time.sleep(0.005)
-        return {"host": self._host, "port": self._port,
+        return {"host": self._host, "port": self._port, "pid": os.getpid(),
                 "node_id": raylite.get_runtime_context().get_node_id(),
                 "actor_id": raylite.get_runtime_context().get_actor_id()}
 

@@ -116,6 +116,7 @@ def details(ctrl) -> dict:
         "proxy_location": "HeadOnly",
         "http_options": ctrl.http_options,
         "proxies": ({info["node_id"]: {"node_id": info["node_id"], "status": "HEALTHY",
-                                       "actor_id": info.get("actor_id")}} if info else {}),
+                                       "actor_id": info.get("actor_id"),
+                                       "pid": info.get("pid")}} if info else {}),
         "applications": apps,
     }
