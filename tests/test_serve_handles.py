@@ -176,7 +176,8 @@ def test_user_config_reaches_running_replicas(serve_url):
     h = serve.run(Configurable.bind(), name="conf", route_prefix=None)
     greeting, pid = h.remote().result()
     assert greeting == "hi"
-    serve.run(Configurable.options(user_config={"greeting": "hello"}).bind(), name="conf",
+    serve.run(Configurable.options(user_config={"greeting": "hello"},
+                                   max_ongoing_requests=3).bind(), name="conf",
               route_prefix=None)
     wait_for_condition(lambda: h.remote().result()[0] == "hello")
     assert h.remote().result()[1] == pid  # reconfigured in place, not restarted

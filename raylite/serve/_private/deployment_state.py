@@ -84,10 +84,13 @@ class DeploymentState:
             if self.status == "DEPLOY_FAILED":
                 self.status = "UPDATING"
             self.trigger = "CONFIG_UPDATE_STARTED"
+            # lighter updates reach the running replicas in place
             if old["config"]["user_config"] != cfg["user_config"]:
-                for r in self.replicas:
-                    if r.state == RUNNING and r.version == self.version:
-                        r.actor.reconfigure.remote(cfg["user_config"])
+                for r in self.up_to_date():
+                    r.actor.reconfigure.remote(cfg["user_config"])
+            if old["config"]["max_ongoing_requests"] != cfg["max_ongoing_requests"]:
+                for r in self.up_to_date():
+                    r.actor.set_max_ongoing_requests.remote(cfg["max_ongoing_requests"])
             if any(old["config"][k] != cfg[k] for k in
                    ("max_ongoing_requests", "max_queued_requests")):
                 self.publish()
@@ -98,6 +101,10 @@ class DeploymentState:
 
     def running(self) -> list[Replica]:
         return [r for r in self.replicas if r.state == RUNNING]
+
+    def up_to_date(self) -> list[Replica]:
+        """Running replicas of the current version."""
+        return [r for r in self.replicas if r.state == RUNNING and r.version == self.version]
 
     def reconcile(self) -> None:
         target = 0 if self.deleting else self.target
@@ -130,7 +137,7 @@ class DeploymentState:
     def update_status(self) -> None:
         if self.status == "DEPLOY_FAILED":
             return
-        running = [r for r in self.running() if r.version == self.version]
+        running = self.up_to_date()
         live = self.live()
         converged = len(running) == self.target and len(live) == self.target
         if converged:
@@ -285,8 +292,7 @@ class DeploymentState:
         if self.policy is None or self.deleting or self.status == "DEPLOY_FAILED":
             return
         self.policy.record(now, self.total_load(now))
-        running = sum(1 for r in self.running() if r.version == self.version)
-        want = self.policy.decide(now, running, self.target)
+        want = self.policy.decide(now, len(self.up_to_date()), self.target)
         if want != self.target:
             self.set_target(want, "AUTOSCALE_UP" if want > self.target else "AUTOSCALE_DOWN")
 

@@ -115,6 +115,11 @@ class ReplicaActor:
     def num_ongoing(self) -> int:
         return self._ongoing
 
+    def set_max_ongoing_requests(self, n: int) -> None:
+        """A lighter update: requests already admitted keep their slots."""
+        self._config["max_ongoing_requests"] = n
+        self._sem = asyncio.Semaphore(n)
+
     async def _push_metrics(self) -> None:
         last = 0
         while True:
@@ -176,11 +181,12 @@ class ReplicaActor:
     async def handle_http(self, scope: dict, body: bytes) -> tuple:
         """One HTTP request: ``(status, headers, body, stream_id)``."""
         self._begin()
-        await self._sem.acquire()
+        sem = self._sem  # the one to release, even if max_ongoing_requests changes
+        await sem.acquire()
         handed_off = False
 
         def done():
-            self._sem.release()
+            sem.release()
             self._end()
         try:
             if self._asgi is not None:
