@@ -554,3 +554,68 @@ def test_streaming_actor_method_error_mid_stream(shared_cluster):
         ray.get(next(g), timeout=10)
     with pytest.raises(StopIteration):
         next(g)
+
+
+# ---------------------------------------------------------------- handle counting
+def _actor_state(actor_id: str) -> str:
+    from raylite.util import state
+
+    return next(a["state"] for a in state.list_actors() if a["actor_id"] == actor_id)
+
+
+@ray.remote
+class Holder:
+    def __init__(self):
+        self.held = None
+
+    def hold(self, box):
+        self.held = box[0]
+        return True
+
+    def use(self):
+        return ray.get(self.held.incr.remote())
+
+    def drop(self):
+        self.held = None
+        return True
+
+
+def test_actor_ends_when_its_last_handle_goes(shared_cluster):
+    c = Counter.remote()
+    refs = [c.incr.remote() for _ in range(3)]
+    aid = c._ray_actor_id
+    del c
+    assert ray.get(refs) == [1, 2, 3]  # calls made before the handle went still run
+    wait_for_condition(lambda: _actor_state(aid) == "DEAD")
+    from raylite.util import state
+
+    dead = next(a for a in state.list_actors() if a["actor_id"] == aid)
+    assert "out of scope" in dead["error"]
+
+
+def test_a_borrowed_handle_keeps_the_actor(shared_cluster):
+    c = Counter.remote()
+    aid = c._ray_actor_id
+    holder = Holder.remote()
+    assert ray.get(holder.hold.remote([c]))
+    del c
+    assert ray.get(holder.use.remote()) == 1  # alive: the holder borrows a handle
+    assert _actor_state(aid) == "ALIVE"
+    ray.get(holder.drop.remote())
+    wait_for_condition(lambda: _actor_state(aid) == "DEAD")
+
+
+def test_named_and_detached_actors_outlive_their_handles(shared_cluster):
+    named = Counter.options(name="kept").remote()
+    detached = Counter.options(lifetime="detached").remote()
+    ids = [named._ray_actor_id, detached._ray_actor_id]
+    ray.get([named.incr.remote(), detached.incr.remote()])
+    del named, detached
+    dropped = Counter.remote()
+    gone = dropped._ray_actor_id
+    del dropped
+    wait_for_condition(lambda: _actor_state(gone) == "DEAD")  # the control ends...
+    assert [_actor_state(i) for i in ids] == ["ALIVE", "ALIVE"]  # ...these do not
+    assert ray.get(ray.get_actor("kept").incr.remote()) == 2
+    for i in ids:
+        ray.kill(ray.ActorHandle(bytes.fromhex(i), {"class_name": "Counter", "methods": {}}))

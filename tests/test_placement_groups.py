@@ -201,6 +201,8 @@ def test_remove_kills_actors_and_fails_later_tasks(three_nodes):
     workers = st.list_workers(filters=[("placement_group_id", "=", pg.id.hex())])
     assert len(workers) == 1 and workers[0]["state"] == "actor"
     remove_placement_group(pg)
+    wait_for_condition(lambda: st.list_actors(
+        filters=[("actor_id", "=", a._ray_actor_id)])[0]["state"] == "DEAD")
     with pytest.raises(ActorDiedError, match="placement group"):
         raylite.get(a.ping.remote(), timeout=20)
     with pytest.raises(ValueError, match="placement group .* was removed"):

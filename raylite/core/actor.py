@@ -6,6 +6,7 @@ import inspect
 import sys
 
 from raylite.core import options as opt
+from raylite.core import serialization
 from raylite.core import serialization as ser
 from raylite.core.runtime_api import require_core
 
@@ -86,7 +87,10 @@ class ActorClass:
         }
         retries = options.get("max_task_retries", 0)
         info = core.create_actor(spec, args, kwargs, retries)
-        return ActorHandle(info["actor_id"], info["meta"], retries, options.get("name") or "")
+        # unnamed, non-detached actors end when the last handle anywhere is gone (as Ray)
+        owner = core.addr if not spec["name"] and spec["lifetime"] != "detached" else None
+        return ActorHandle(info["actor_id"], info["meta"], retries, options.get("name") or "",
+                           owner)
 
     def bind(self, *args, **kwargs):
         raise NotImplementedError("DAG .bind() is not supported by raylite core; "
@@ -103,13 +107,41 @@ class _BoundActorClass:
 
 
 class ActorHandle:
-    """A handle to an actor; picklable, so it can be passed to tasks and other actors."""
+    """A handle to an actor; picklable, so it can be passed to tasks and other actors.
 
-    def __init__(self, actor_id: bytes, meta: dict, max_task_retries: int = 0, name: str = ""):
+    Handles of an unnamed, non-detached actor are counted like ObjectRefs, across
+    processes: when the last one is gone the actor finishes the calls already made to it
+    and exits (as in Ray). Named and detached actors live until killed (or, non-detached,
+    until their creator exits)."""
+
+    def __init__(self, actor_id: bytes, meta: dict, max_task_retries: int = 0, name: str = "",
+                 owner: str | None = None):
         self._actor_id = actor_id
         self._meta = meta
         self._max_task_retries = max_task_retries
         self._name = name
+        self._owner = owner
+        self._core = None
+        if owner is not None:
+            from raylite.core import runtime
+
+            core = runtime.core
+            if core is not None:
+                self._core = core
+                core.add_local_ref(b"A" + actor_id, owner)
+
+    @property
+    def id(self) -> bytes:
+        """The key its handle count goes by (beside the object ids of its process)."""
+        return b"A" + self._actor_id
+
+    def __del__(self):
+        core = self.__dict__.get("_core")
+        if core is not None:
+            try:
+                core.remove_local_ref(b"A" + self._actor_id)
+            except Exception:
+                pass
 
     def __getattr__(self, name: str) -> ActorMethod:
         if name.startswith("_") and name not in self._meta["methods"]:
@@ -120,7 +152,10 @@ class ActorHandle:
         return ActorMethod(self, name, mopts["num_returns"])
 
     def __reduce__(self):
-        return (ActorHandle, (self._actor_id, self._meta, self._max_task_retries, self._name))
+        if self._owner is not None:  # kept alive by whatever carries it until it lands
+            serialization.note_ref_serialized(self)
+        return (ActorHandle, (self._actor_id, self._meta, self._max_task_retries, self._name,
+                              self._owner))
 
     def __repr__(self) -> str:
         return f"Actor({self._meta['class_name']}, {self._actor_id.hex()})"

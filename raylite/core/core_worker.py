@@ -404,6 +404,18 @@ class CoreWorker:
         desc = entry.desc
         if entry.owner is None and desc is not None and desc[0] == "s":
             store.delete_everywhere(desc[2])
+        elif desc is not None and desc[0] == "actor":
+            self._end_actor(desc[1])
+
+    def _end_actor(self, actor_id: bytes) -> None:
+        """The last handle of an actor we own is gone: it finishes the calls made so far
+        and exits, without a restart (lock held)."""
+        a = self._actors.get(actor_id)
+        if a is None or a.state == "DEAD":
+            return
+        self.send_head(P.KILL_ACTOR, {"actor_id": actor_id, "no_restart": True,
+                                      "graceful": True})
+        self.submit_actor_task(actor_id, "__ray_terminate__", (), {}, 1)
 
     def put(self, value, _owner_hint=None) -> ObjectRef:
         s = ser.serialize(value)
@@ -1074,6 +1086,10 @@ class CoreWorker:
                     job_id=self.job_id)
         with self._lock:
             self._actors[actor_id] = _Actor(actor_id, max_task_retries, spec.get("name", ""))
+            if not spec.get("name") and spec.get("lifetime") != "detached":
+                # its handles are counted under this key; when none is left, it ends
+                entry = self._objects[b"A" + actor_id] = _Entry(None)
+                entry.desc = ("actor", actor_id)
         if spec.get("name"):
             info = self.request_head(P.CREATE_ACTOR, spec)
             if info["actor_id"] != actor_id:  # get_if_exists found one
@@ -1306,10 +1322,10 @@ class CoreWorker:
             for leases in self._leases.values():
                 for lease in leases:
                     self.send_head(P.RETURN_LEASE, {"worker_id": lease.worker_id})
-        self.outbox.close(linger_ms=200)
+        self.outbox.close(linger_ms=500)  # only waits while messages are still unsent
         self.inbox.close(linger=0)
         self.sub.close(linger=0)
-        self.transport.close(linger_ms=200)
+        self.transport.close(linger_ms=500)
 
 
 def print_worker_lines(lines: list[str]) -> None:

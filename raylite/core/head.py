@@ -770,6 +770,10 @@ class Head:
             return
         if body.get("no_restart", True):
             actor.restarts_left = 0
+        if body.get("graceful"):  # its owner sends it a terminate call after its others
+            actor.error = ("The actor was terminated because all handles to it went out "
+                           "of scope.")
+            return
         self.kill_actor(actor, "it was killed with raylite.kill")
 
     def kill_actor(self, actor: Actor, reason: str) -> None:

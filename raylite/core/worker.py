@@ -344,10 +344,13 @@ class Executor:
             return
         method = body["method"]
         if method == "__ray_terminate__":
+            self.drain_calls()
             self.reply(body["owner"], {"task_id": body["task_id"],
                                        "results": self.package(None, body["nret"],
                                                                body["task_id"])})
-            self.core.outbox.close(linger_ms=500)
+            # stop the IO thread and terminate the ZeroMQ context: that waits until the
+            # replies sent so far are out (closing a socket alone does not)
+            self.core.shutdown()
             os._exit(0)
         if self.actor is None:
             return
@@ -363,6 +366,15 @@ class Executor:
             self.pool.submit(self.run_call, body, fn, method)
         else:
             self.run_call(body, fn, method)
+
+    def drain_calls(self, timeout: float = 30.0) -> None:
+        """Before a graceful exit: let the calls already running (in the actor's thread
+        pool or event loop) finish and answer."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        deadline = time.monotonic() + timeout
+        while self.async_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def run_call(self, body: dict, fn, method: str) -> None:
         tid = body["task_id"]

@@ -149,6 +149,8 @@ def list_objects(filters=None, limit: int | None = None, as_df: bool = False, de
     with core._lock:
         entries = list(core._objects.items())
     for oid, e in entries:
+        if len(oid) == 17 and oid[:1] == b"A":
+            continue  # an actor's handle count, not an object
         desc = e.desc
         size, node, where = None, None, "PENDING"
         if desc is not None and desc[0] == "i":
