@@ -418,6 +418,8 @@ class CoreWorker:
         self.submit_actor_task(actor_id, "__ray_terminate__", (), {}, 1)
 
     def put(self, value, _owner_hint=None) -> ObjectRef:
+        if self._releases:  # free what was dropped first: its file can take this value
+            self._process_releases()
         s = ser.serialize(value)
         oid = new_id()
         desc = self._make_desc(s, oid)
@@ -1322,6 +1324,7 @@ class CoreWorker:
             for leases in self._leases.values():
                 for lease in leases:
                     self.send_head(P.RETURN_LEASE, {"worker_id": lease.worker_id})
+        store.release_maps()
         self.outbox.close(linger_ms=500)  # only waits while messages are still unsent
         self.inbox.close(linger=0)
         self.sub.close(linger=0)
