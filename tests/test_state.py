@@ -209,3 +209,14 @@ def test_memory_resource_and_accelerator_label(monkeypatch):
         raylite.cancel(too_big)
     finally:
         raylite.shutdown()
+
+
+def test_cancelled_pending_task_leaves_the_demand(cluster):
+    ref = square.options(label_selector={"zone": "mars"}).remote(2)
+    wait_for_condition(lambda: st._state("demand")["demand"]["requests"])
+    raylite.cancel(ref)
+    with pytest.raises(raylite.exceptions.TaskCancelledError):
+        raylite.get(ref, timeout=10)
+    wait_for_condition(lambda: not st._state("demand")["demand"]["requests"])
+    rec = next(t for t in st.list_tasks() if t["task_id"] == ref.task_id())
+    assert rec["state"] == "FAILED" and "TaskCancelledError" in rec["error"]

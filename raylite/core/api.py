@@ -69,7 +69,8 @@ def _fmt_labels(labels: dict) -> str:
 
 
 def _fmt_res(res: dict) -> str:
-    return ", ".join(f"{k} {v:g}" for k, v in res.items())
+    return ", ".join(f"{k} {v / 2**30:.1f} GiB" if k == "memory" else f"{k} {v:g}"
+                     for k, v in res.items())
 
 
 def _version() -> str:

@@ -946,6 +946,9 @@ class CoreWorker:
             self._set_ready(return_id(tid, i), desc)
 
     def _fail(self, t: _Task, error: BaseException) -> None:
+        if self._task_log_on:  # the state API sees it end (cancelled, actor died, ...)
+            rec = self._task_record(t.task_id)
+            rec[9], rec[10] = time.time(), f"{type(error).__name__}: {error}"[:300]
         self._finish(t, {"error": ser.error_descriptor(error)})
 
     def _on_worker_died(self, body, _bufs) -> None:
@@ -1070,6 +1073,8 @@ class CoreWorker:
                         a.queue.remove(t)
                 self._tasks.pop(tid, None)
                 self._fail(t, exc.TaskCancelledError(tid.hex()))
+                if t.actor_id is None and t.key in self._queues:
+                    self._dispatch(t.key)  # withdraws lease requests it no longer needs
                 return
             core_addr = t.lease.core_addr
         self.outbox.send(core_addr, P.encode(P.CANCEL, {"task_id": tid, "force": force,

@@ -227,6 +227,7 @@ class Head:
         self.pending_pgs: list[PlacementGroup] = []
         self.tasks: collections.OrderedDict = collections.OrderedDict()  # task_id -> record
         self.autoscaler: dict | None = None
+        self.warned_shapes: set = set()
         self.drivers: dict[str, dict] = {}
         self.node_waiters: list[tuple[int, dict]] = []
         self.spread_counter = 0
@@ -385,11 +386,22 @@ class Head:
                 views = views or [n.view() for n in self.nodes.values()]
                 if not scheduler.feasible(views, req.demand, req.strategy, req.selector):
                     req.warned = True
-                    what = "actor" if req.actor else "task"
-                    log.warning("A %s needs %s (label_selector=%s) which no node of the cluster "
-                                "can provide; it stays pending until such a node joins.",
-                                what, req.demand, req.body.get("label_selector"))
                     self.publish(P.EV_PENDING, req.describe())
+                    shape = (tuple(sorted(req.demand.items())),
+                             str(req.body.get("label_selector")), bool(req.actor))
+                    if shape in self.warned_shapes:
+                        continue  # one warning per kind of demand, not per request
+                    self.warned_shapes.add(shape)
+                    what = "actor" if req.actor else "task"
+                    if self.autoscaler is not None:
+                        log.info("A %s needs %s (label_selector=%s): waiting for the "
+                                 "autoscaler to add a node that can run it.", what,
+                                 req.demand, req.body.get("label_selector"))
+                    else:
+                        log.warning("A %s needs %s (label_selector=%s) which no node of the "
+                                    "cluster can provide; it (and others like it) stay "
+                                    "pending until such a node joins.", what, req.demand,
+                                    req.body.get("label_selector"))
         for pg in self.pending_pgs:
             if not pg.warned and now - pg.since > 2.0:
                 views = views or [n.view() for n in self.nodes.values()]
