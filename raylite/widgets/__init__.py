@@ -5,10 +5,13 @@
 - :class:`AutoscalerView`: a timeline of demand, nodes per type, launches and failures,
   with the autoscaler's reasons.
 - :class:`Timeline`: tasks per worker over time (a Gantt chart of ``raylite.timeline()``).
+- :class:`ServeView`: Serve's deployments: replicas over time against their targets,
+  ongoing and queued requests, and each application's topology as a graph.
 - :func:`progress`: ``raylite.get`` with a progress bar.
 
-Views only read the state API and the event stream; one shared, throttled thread keeps
-all live views current, and stops at ``raylite.shutdown()``. Rendering is done by pure
+Views only read the state API and the event stream (the ServeView: Serve's status); one
+shared, throttled thread keeps all live views current, and stops at
+``raylite.shutdown()``. Rendering is done by pure
 functions of state dicts (``raylite.widgets.render``), which also give each view a static
 HTML and text form where no widget frontend exists (GitHub, nbviewer, plain Python).
 ipywidgets is imported only when a view is made.
@@ -20,6 +23,8 @@ from raylite.widgets.autoscaler import AutoscalerView
 from raylite.widgets.cluster import ClusterView
 from raylite.widgets.placement import PlacementView
 from raylite.widgets.progress import progress
+from raylite.widgets.serve import ServeView
 from raylite.widgets.timeline import Timeline
 
-__all__ = ["ClusterView", "PlacementView", "AutoscalerView", "Timeline", "progress"]
+__all__ = ["ClusterView", "PlacementView", "AutoscalerView", "Timeline", "ServeView",
+           "progress"]

@@ -34,6 +34,26 @@ def set_value(widget, value: str) -> None:
         widget.value = value
 
 
+def card_box(w):
+    """An empty box that lays cards out side by side, wrapping to the next row."""
+    return w.Box(layout=w.Layout(display="flex", flex_flow="row wrap",
+                                 align_items="flex-start"))
+
+
+def set_cards(box, cache: dict, cards: dict) -> None:
+    """Show ``cards`` (``{key: html}``, in order) in ``box``: one HTML widget per key,
+    kept in ``cache`` and updated in place, so a card is never rebuilt."""
+    import ipywidgets as w
+
+    for key, text in cards.items():
+        if key not in cache:
+            cache[key] = w.HTML()
+        set_value(cache[key], text)
+    order = tuple(cache[key] for key in cards)
+    if box.children != order:
+        box.children = order
+
+
 class LiveView:
     """Base of the views: state sections to read, event topics that call for a refresh.
 
@@ -90,7 +110,10 @@ class LiveView:
         core = self._core
         if core is None or runtime.core is not core:
             return
-        self._apply(_state(*self._sections_now(), core=core, timeout=updater.READ_TIMEOUT))
+        sections = self._sections_now()
+        state = _state(*sections, core=core, timeout=updater.READ_TIMEOUT) if sections \
+            else {"time": time.time()}
+        self._apply(self._extend(state))
 
     def html(self) -> str:
         """The view as static HTML (what GitHub, nbviewer and exports show)."""
@@ -137,6 +160,12 @@ class LiveView:
     # ------------------------------------------------------- for the updater
     def _sections_now(self) -> tuple[str, ...]:
         return self.sections
+
+    def _extend(self, state: dict) -> dict:
+        """Add what the head's state does not hold (e.g. Serve's status, read from its
+        controller) to a state read, on the updater's thread or in ``refresh()``. Returns
+        a new dict: ``state`` is shared by every view refreshed in the same tick."""
+        return state
 
     def _on_event(self, topic: str, body: dict) -> bool:
         """Note an event (on the stream's thread; keep it cheap); True to refresh."""

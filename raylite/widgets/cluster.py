@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from raylite.widgets import render as R
-from raylite.widgets.base import LiveView, set_value
+from raylite.widgets.base import LiveView, card_box, set_cards, set_value
 
 MAX_TRACKED = 20000  # running-task records kept from events (a bound, not a window)
 
@@ -65,24 +65,13 @@ class ClusterView(LiveView):
 
     def _build(self, w):
         self._header = w.HTML()
-        self._box = w.Box(layout=w.Layout(display="flex", flex_flow="row wrap",
-                                          align_items="flex-start"))
+        self._box = card_box(w)
         return w.VBox([self._header, self._box, self._status_w])
 
     def _update(self, state: dict) -> None:
-        import ipywidgets as w
-
         running = R.running_by_node(list(self._running.values()), state.get("workers"))
         set_value(self._header, R.cluster_header(state, running))
-        cards = R.cluster_cards(state, running)
-        for nid, text in cards.items():
-            card = self._cards.get(nid)
-            if card is None:
-                card = self._cards[nid] = w.HTML()
-            set_value(card, text)
-        order = tuple(self._cards[nid] for nid in cards)
-        if self._box.children != order:
-            self._box.children = order
+        set_cards(self._box, self._cards, R.cluster_cards(state, running))
 
     def _render(self, state: dict) -> str:
         return R.cluster_html(state, R.running_by_node(list(self._running.values()),

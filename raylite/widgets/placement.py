@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from raylite.widgets import render_placement as RP
-from raylite.widgets.base import LiveView, set_value
+from raylite.widgets.base import LiveView, card_box, set_cards, set_value
 
 
 class PlacementView(LiveView):
@@ -26,24 +26,14 @@ class PlacementView(LiveView):
 
     def _build(self, w):
         self._header, self._groups, self._pending = w.HTML(), w.HTML(), w.HTML()
-        self._box = w.Box(layout=w.Layout(display="flex", flex_flow="row wrap",
-                                          align_items="flex-start"))
+        self._box = card_box(w)
         return w.VBox([self._header, self._groups, self._pending, self._box, self._status_w])
 
     def _update(self, state: dict) -> None:
-        import ipywidgets as w
-
         set_value(self._header, RP.placement_header(state))
         set_value(self._groups, RP.groups_table(state, self.show_removed))
         set_value(self._pending, RP.pending_bundles(state))
-        cards = RP.placement_cards(state, self.show_removed)
-        for nid, text in cards.items():
-            if nid not in self._cards:
-                self._cards[nid] = w.HTML()
-            set_value(self._cards[nid], text)
-        order = tuple(self._cards[nid] for nid in cards)
-        if self._box.children != order:
-            self._box.children = order
+        set_cards(self._box, self._cards, RP.placement_cards(state, self.show_removed))
 
     def _render(self, state: dict) -> str:
         return RP.placement_html(state, self.show_removed)

@@ -10,6 +10,7 @@ borders are translucent grey, fills are mid-tone colours readable on both.
 from __future__ import annotations
 
 import html
+import math
 import re
 import time
 from collections import Counter
@@ -254,3 +255,62 @@ def svg_open(width: int, height: int, cls: str) -> str:
 def message(text: str, muted: bool = True) -> str:
     """A one-line note (status footers, 'not connected')."""
     return f'<div style="{FONT};opacity:{0.65 if muted else 1}">{esc(text)}</div>'
+
+
+# ------------------------------------------------------------------ charts over time
+def step_line(points, color: str, title: str, dashed: bool = False, cls: str = "") -> str:
+    """A step line through ``[(x, y), ...]`` (a value holds until the next sample)."""
+    if not points:
+        return ""
+    d = f"M{points[0][0]:.1f},{points[0][1]:.1f}" + "".join(
+        f"H{px:.1f}V{py:.1f}" for px, py in points[1:])
+    dash = ' stroke-dasharray="4 3" stroke-opacity=".7"' if dashed else ""
+    klass = f' class="{cls}"' if cls else ""
+    return (f'<path d="{d}" fill="none" stroke="{color}" stroke-width="2"{dash}{klass}>'
+            f"<title>{esc(title)}</title></path>")
+
+
+def step_area(points, base: float, color: str, title: str, cls: str = "") -> str:
+    """The area under a step line, down to ``base`` (a y coordinate)."""
+    if not points:
+        return ""
+    d = f"M{points[0][0]:.1f},{base:.1f}V{points[0][1]:.1f}" + "".join(
+        f"H{px:.1f}V{py:.1f}" for px, py in points[1:]) + f"V{base:.1f}Z"
+    klass = f' class="{cls}"' if cls else ""
+    return (f'<path d="{d}" fill="{color}" fill-opacity=".25" stroke="{color}" '
+            f'stroke-width="1.5"{klass}><title>{esc(title)}</title></path>')
+
+
+def y_grid(ymax: int, y, x1: float, x2: float, max_ticks: int = 8) -> str:
+    """Horizontal grid lines with their values on the left, for counts 0..ymax (every
+    count up to ``max_ticks``, else about four of them)."""
+    ticks = range(ymax + 1) if ymax <= max_ticks else \
+        range(0, ymax + 1, max(1, math.ceil(ymax / 4)))
+    return "".join(
+        f'<line x1="{x1}" x2="{x2}" y1="{y(i):.1f}" y2="{y(i):.1f}" stroke="currentColor" '
+        f'stroke-opacity=".12"/><text x="{x1 - 6}" y="{y(i) + 4:.1f}" text-anchor="end" '
+        f'fill="currentColor">{i}</text>' for i in ticks)
+
+
+def time_axis(x, now: float, span: float, x1: float, x2: float, y: float) -> str:
+    """A time axis at height ``y``: "now" at the right, "-30s"... to the left."""
+    out = [f'<line x1="{x1}" x2="{x2}" y1="{y}" y2="{y}" stroke="currentColor" '
+           f'stroke-opacity=".5"/>']
+    step = next((s for s in (5, 10, 15, 30, 60, 120, 300, 600) if span / s <= 6), 1200)
+    k = 0.0
+    while k <= span + 1e-9:
+        out.append(f'<text x="{x(now - k):.1f}" y="{y + 14}" text-anchor="middle" '
+                   f'fill="currentColor" fill-opacity=".7">{"now" if k == 0 else f"-{k:g}s"}'
+                   f"</text>")
+        k += step
+    return "".join(out)
+
+
+def legend(items, x: float, y: float = 6) -> str:
+    """Colour swatches with their names in a row, from ``x``: ``[(name, colour), ...]``."""
+    out = []
+    for name, color in items:
+        out.append(f'<rect x="{x}" y="{y}" width="10" height="10" fill="{color}"/>'
+                   f'<text x="{x + 14}" y="{y + 9}" fill="currentColor">{esc(name)}</text>')
+        x += 24 + 7 * len(name)
+    return "".join(out)

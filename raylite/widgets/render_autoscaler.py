@@ -124,38 +124,23 @@ def timeline_svg(samples: list[dict], decisions: list[dict], types: list[str],
     def y(v: float) -> float:
         return top + plot_h - plot_h * v / ymax
 
-    out = [R.svg_open(width, height, "raylite-autoscaler-timeline")]
-    for i in range(ymax + 1) if ymax <= 8 else range(0, ymax + 1, max(1, ymax // 4)):
-        out.append(f'<line x1="{left}" x2="{width - right}" y1="{y(i):.1f}" y2="{y(i):.1f}" '
-                   f'stroke="currentColor" stroke-opacity=".12"/><text x="{left - 6}" '
-                   f'y="{y(i) + 4:.1f}" text-anchor="end" fill="currentColor">{i}</text>')
+    out = [R.svg_open(width, height, "raylite-autoscaler-timeline"),
+           R.y_grid(ymax, y, left, width - right)]
     colors = type_colors(types)
     if pts:
-        out.append(_area([(x(s["t"]), y(s["pending"])) for s in pts], y(0), PENDING_COLOR,
-                         "pending demand"))
+        out.append(R.step_area([(x(s["t"]), y(s["pending"])) for s in pts], y(0),
+                               PENDING_COLOR, "pending demand", "raylite-pending"))
         for t in types:
             run = [(x(s["t"]), y(s["types"].get(t, [0, 0])[0])) for s in pts]
             tot = [(x(s["t"]), y(sum(s["types"].get(t, [0, 0])))) for s in pts]
-            out.append(_steps(tot, colors[t], f"{t}: running + launching", dashed=True))
-            out.append(_steps(run, colors[t], f"{t}: running"))
+            out.append(R.step_line(tot, colors[t], f"{t}: running + launching", dashed=True))
+            out.append(R.step_line(run, colors[t], f"{t}: running"))
     # legend
-    lx, legend = left, [("pending demand", PENDING_COLOR)] + [(t, colors[t]) for t in types]
-    for name, color in legend:
-        out.append(f'<rect x="{lx}" y="6" width="10" height="10" fill="{color}"/>'
-                   f'<text x="{lx + 14}" y="15" fill="currentColor">{R.esc(name)}</text>')
-        lx += 24 + 7 * len(name)
+    out.append(R.legend([("pending demand", PENDING_COLOR)] + [(t, colors[t]) for t in types],
+                        left))
     # time axis
     ay = top + plot_h
-    out.append(f'<line x1="{left}" x2="{width - right}" y1="{ay}" y2="{ay}" '
-               f'stroke="currentColor" stroke-opacity=".5"/>')
-    step = _tick_step(span)
-    k = 0.0
-    while k <= span + 1e-9:
-        tx = x(now - k)
-        out.append(f'<text x="{tx:.1f}" y="{ay + 14}" text-anchor="middle" '
-                   f'fill="currentColor" fill-opacity=".7">{"now" if k == 0 else f"-{k:g}s"}'
-                   f"</text>")
-        k += step
+    out.append(R.time_axis(x, now, span, left, width - right, ay))
     # one lane per type: unavailable bands and decision markers
     for i, lane in enumerate(lanes):
         ly = ay + 22 + i * lane_h
@@ -184,21 +169,8 @@ def timeline_svg(samples: list[dict], decisions: list[dict], types: list[str],
     return "".join(out)
 
 
-def _steps(points, color: str, title: str, dashed: bool = False) -> str:
-    if not points:
-        return ""
-    d = f"M{points[0][0]:.1f},{points[0][1]:.1f}" + "".join(
-        f"H{px:.1f}V{py:.1f}" for px, py in points[1:])
-    dash = ' stroke-dasharray="4 3" stroke-opacity=".7"' if dashed else ""
-    return (f'<path d="{d}" fill="none" stroke="{color}" stroke-width="2"{dash}>'
-            f"<title>{R.esc(title)}</title></path>")
 
 
-def _area(points, base: float, color: str, title: str) -> str:
-    d = f"M{points[0][0]:.1f},{base:.1f}V{points[0][1]:.1f}" + "".join(
-        f"H{px:.1f}V{py:.1f}" for px, py in points[1:]) + f"V{base:.1f}Z"
-    return (f'<path d="{d}" fill="{color}" fill-opacity=".25" stroke="{color}" '
-            f'stroke-width="1.5" class="raylite-pending"><title>{R.esc(title)}</title></path>')
 
 
 def _spans(samples, node_type: str, now: float) -> list[tuple[float, float]]:
@@ -215,11 +187,6 @@ def _spans(samples, node_type: str, now: float) -> list[tuple[float, float]]:
     return out
 
 
-def _tick_step(span: float) -> float:
-    for step in (5, 10, 15, 30, 60, 120, 300, 600):
-        if span / step <= 6:
-            return float(step)
-    return 1200.0
 
 
 # ------------------------------------------------------------------------ tables

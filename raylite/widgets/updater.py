@@ -2,10 +2,12 @@
 
 Events from the cluster's event stream only mark views *dirty*; the updater thread then
 asks the head for the state sections the dirty views need, in one round trip, and hands
-the same state dict to each of them. Bursts of events are coalesced: the thread refreshes
-at most every :data:`MIN_INTERVAL` seconds (4 a second), and a view may ask for less
-(``view.min_interval``). A slow periodic poll (``view.poll_interval``) covers anything the
-events do not announce (resource use, store use, idle time).
+the same state dict to each of them (a view may add what the head does not hold: the
+ServeView reads Serve's status from its controller, on this thread too). Bursts of
+events are coalesced: the thread refreshes at most every :data:`MIN_INTERVAL` seconds (4
+a second), and a view may ask for less (``view.min_interval``). A slow periodic poll
+(``view.poll_interval``) covers anything the events do not announce (resource use, store
+use, idle time).
 
 The thread ends when the last view closes, and when ``raylite.shutdown()`` is called: it
 notices that the core it was reading through is gone (checked every tick, so within
@@ -128,8 +130,9 @@ class Updater:
         from raylite.util.state import _state
 
         sections = sorted({s for v in views for s in v.sections})
-        try:
-            state = _state(*sections, core=self.core, timeout=READ_TIMEOUT)
+        try:  # views that need no head state (a ServeView) skip the round trip
+            state = _state(*sections, core=self.core, timeout=READ_TIMEOUT) if sections \
+                else {"time": time.time()}
         except Exception as e:
             self.failures += 1
             for v in views:
@@ -140,7 +143,7 @@ class Updater:
             self.dirty.difference_update(views)
         for v in views:
             try:
-                v._apply(state)
+                v._apply(v._extend(state))
                 if v._status != "live":  # e.g. after "cannot read the cluster state"
                     v._set_status("live")
             except Exception:
