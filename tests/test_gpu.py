@@ -75,3 +75,32 @@ def test_cuda_tensor_restored_to_its_device_with_zero_copy():
     finally:
         ray.shutdown()
         serialization.set_zero_copy_torch(False)
+
+
+def test_gpu_bundle_accelerator_label_and_fractional_gpus(cluster_gpu):
+    from raylite.util import placement_group, remove_placement_group, state
+    from raylite.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    node = state.list_nodes()[0]
+    acc = node["labels"].get("raylite.io/accelerator-type")
+    assert acc and node["resources_total"].get(f"accelerator_type:{acc}") == 1
+
+    @ray.remote(num_gpus=0.5, num_cpus=0)
+    def half():
+        import torch
+
+        return os.environ["CUDA_VISIBLE_DEVICES"], torch.cuda.device_count()
+
+    # two half-GPU tasks share one device
+    got = ray.get([half.remote(), half.remote()], timeout=60)
+    assert {c for _, c in got} == {1}
+
+    pg = placement_group([{"GPU": 1, "CPU": 1}])
+    try:
+        assert pg.wait(30)
+        in_bundle = half.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg, 0),
+                                 label_selector={"raylite.io/accelerator-type": acc})
+        visible, count = ray.get(in_bundle.remote(), timeout=60)
+        assert count == 1 and visible.isdigit()
+    finally:
+        remove_placement_group(pg)
