@@ -11,7 +11,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.stamp
 TORCH  := torch==2.13.0
 
-.PHONY: setup lab test bench clean
+.PHONY: setup lab test bench bench-env clean
 
 setup: $(STAMP)
 
@@ -29,8 +29,17 @@ lab: setup
 test: setup
 	$(PY) -m pytest -x -q tests
 
+# The benchmark suite (benchmarks/README.md): raylite beside the peers it finds and the
+# machine's limits. BENCH_ARGS=--quick for a short run; `make bench-env` installs the peers.
 bench: setup
-	$(PY) benchmarks/core.py
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
+# The peers (Ray 2.53 with Serve, Dask, ipyparallel; the [bench] extra) in a venv of their
+# own, never in .venv: the suite finds .bench-venv/bin/python by itself.
+BENCH_VENV := .bench-venv
+bench-env:
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q -e ".[bench]" "$(TORCH)"
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

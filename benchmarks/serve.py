@@ -126,7 +126,8 @@ def _median(runs: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def measure(name: str, seconds: float, repeats: int) -> list[dict[str, Any]]:
+def measure(name: str, seconds: float, repeats: int, replicas: tuple[int, ...] = REPLICAS,
+            concurrency: tuple[int, ...] = CONCURRENCY) -> list[dict[str, Any]]:
     """Every HTTP and handle point for framework ``name``, in this process."""
     fw = __import__(name)
     serve = __import__(f"{name}.serve", fromlist=["serve"])
@@ -139,16 +140,16 @@ def measure(name: str, seconds: float, repeats: int) -> list[dict[str, Any]]:
         url = f"http://127.0.0.1:{port}/"
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
             f.write(WRK_LUA)
-        for replicas in REPLICAS:
-            app = serve.deployment(Noop, name="Noop").options(num_replicas=replicas).bind()
+        for n_replicas in replicas:
+            app = serve.deployment(Noop, name="Noop").options(num_replicas=n_replicas).bind()
             handle = serve.run(app, name="bench", route_prefix="/")
             wrk(url, 8, min(seconds, 2), f.name)  # warm-up
             handle_load(handle, 8, min(seconds, 1))
-            for c in CONCURRENCY:
-                rows.append({"via": "http", "replicas": replicas, "concurrency": c,
+            for c in concurrency:
+                rows.append({"via": "http", "replicas": n_replicas, "concurrency": c,
                              **_median([wrk(url, c, seconds, f.name)
                                         for _ in range(repeats)])})
-                rows.append({"via": "handle", "replicas": replicas, "concurrency": c,
+                rows.append({"via": "handle", "replicas": n_replicas, "concurrency": c,
                              **_median([handle_load(handle, c, seconds)
                                         for _ in range(repeats)])})
                 print(rows[-2], rows[-1], flush=True)
@@ -160,7 +161,9 @@ def measure(name: str, seconds: float, repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
-def worker_main(name: str, seconds: float, repeats: int, out_path: str) -> None:
+def worker_main(name: str, seconds: float, repeats: int, out_path: str,
+                replicas: tuple[int, ...] = REPLICAS,
+                concurrency: tuple[int, ...] = CONCURRENCY) -> None:
     try:
         fw = __import__(name)
         __import__(f"{name}.serve")
@@ -168,19 +171,23 @@ def worker_main(name: str, seconds: float, repeats: int, out_path: str) -> None:
         result: dict[str, Any] = {"skipped": f"cannot import {name}.serve: {exc}"}
     else:
         result = {"version": getattr(fw, "__version__", "unknown"),
-                  "executable": sys.executable, "rows": measure(name, seconds, repeats)}
+                  "executable": sys.executable,
+                  "rows": measure(name, seconds, repeats, replicas, concurrency)}
     Path(out_path).write_text(json.dumps(result))
 
 
 # --------------------------------------------------------------------------- parent
 
 
-def run_worker(name: str, python: str, seconds: float, repeats: int) -> dict[str, Any]:
+def run_worker(name: str, python: str, seconds: float, repeats: int,
+               replicas: tuple[int, ...] = REPLICAS,
+               concurrency: tuple[int, ...] = CONCURRENCY) -> dict[str, Any]:
     """Measure one framework in a fresh subprocess; never leave its processes behind."""
     with tempfile.TemporaryDirectory() as tmp:
         out_path = os.path.join(tmp, "result.json")
         cmd = [python, str(Path(__file__).resolve()), "--worker", "--framework", name,
-               "--seconds", str(seconds), "--repeats", str(repeats), "--out", out_path]
+               "--seconds", str(seconds), "--repeats", str(repeats), "--out", out_path,
+               "--replicas", *map(str, replicas), "--concurrency", *map(str, concurrency)]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=worker_env(name), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
@@ -351,6 +358,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="one 2 s run per point")
     p.add_argument("--seconds", type=float, help="seconds per run (default 3)")
     p.add_argument("--repeats", type=int, help="runs per point, medians kept (default 3)")
+    p.add_argument("--replicas", type=int, nargs="+", default=REPLICAS,
+                   help=f"replica counts (default {REPLICAS})")
+    p.add_argument("--concurrency", type=int, nargs="+", default=CONCURRENCY,
+                   help=f"client concurrencies (default {CONCURRENCY})")
+    p.add_argument("--window-points", type=int, nargs="+", default=WINDOW_POINTS,
+                   help="autoscaling window sizes to time decisions at")
     p.add_argument("--no-ray", action="store_true", help="measure raylite only")
     p.add_argument("--framework", choices=FRAMEWORKS, help="measure only this framework")
     p.add_argument("--ray-python", default=os.environ.get("RAY_PYTHON", sys.executable),
@@ -369,7 +382,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
-        worker_main(args.framework, args.seconds, args.repeats, args.out)
+        worker_main(args.framework, args.seconds, args.repeats, args.out,
+                    tuple(args.replicas), tuple(args.concurrency))
         return
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
@@ -382,19 +396,20 @@ def main(argv: list[str] | None = None) -> None:
             continue
         print(f"measuring {name} with {pythons[name]} ...", flush=True)
         load_before = os.getloadavg()[0]
-        results[name] = run_worker(name, pythons[name], args.seconds, args.repeats)
+        results[name] = run_worker(name, pythons[name], args.seconds, args.repeats,
+                                   tuple(args.replicas), tuple(args.concurrency))
         # other work on the machine shows in the tails: keep the load beside the numbers
         results[name]["load_average_1min"] = [load_before, os.getloadavg()[0]]
         if "log" in results[name]:
             print(results[name]["log"], file=sys.stderr)
     print("timing autoscaling decisions ...", flush=True)
-    decisions = decision_times(WINDOW_POINTS, repeats=3 if args.quick else 5)
+    decisions = decision_times(tuple(args.window_points), repeats=3 if args.quick else 5)
     print_table(results, decisions)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine_info(),
               "config": {"seconds": args.seconds, "repeats": args.repeats,
-                         "replicas": REPLICAS,
-                         "concurrency": CONCURRENCY, "load_generator": "wrk -t1"},
+                         "replicas": args.replicas,
+                         "concurrency": args.concurrency, "load_generator": "wrk -t1"},
               "target": TARGET, "frameworks": results, "autoscaling_decision": decisions}
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"saved {_shown(args.json)}")
