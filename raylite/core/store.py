@@ -124,8 +124,8 @@ def write(directory: str, name: str, s: Serialized) -> tuple[str, int]:
             m = _writable_map(fd)
             m[:header] = head
             m[header: header + len(s.meta)] = s.meta
-            for (o, ln), b in zip(table, s.buffers, strict=True):
-                m[o: o + ln] = memoryview(b).cast("B")
+            for (o, _), b in zip(table, s.buffers, strict=True):
+                _copy_into(m, o, memoryview(b).cast("B"))
         else:
             os.ftruncate(fd, size)
             # write(2), not a mapping: on tmpfs it runs at memcpy-into-fresh-memory speed,
@@ -133,7 +133,8 @@ def write(directory: str, name: str, s: Serialized) -> tuple[str, int]:
             _pwrite_all(fd, head, 0)
             _pwrite_all(fd, s.meta, header)
             for (o, _), b in zip(table, s.buffers, strict=True):
-                _pwrite_all(fd, memoryview(b).cast("B"), o)
+                _parallel(lambda a, z, o=o, b=memoryview(b).cast("B"): _pwrite_all(
+                    fd, b[a:z], o + a), memoryview(b).nbytes)
     finally:
         os.close(fd)
     os.rename(tmp, path)
@@ -184,6 +185,41 @@ def release_maps() -> None:
         _, (fd, m) = _wmaps.popitem()
         m.close()
         os.close(fd)
+
+
+PARALLEL_MIN = 16 << 20  # copies this big are split over threads (as Ray's plasma does)
+_copiers = None
+
+
+def _parallel(copy, n: int) -> None:
+    """Run ``copy(start, end)`` over [0, n) in a few threads when n is large: one core
+    copies at ~7 GB/s here, two at ~12 (the copies release the GIL)."""
+    global _copiers
+    ways = min(4, os.cpu_count() or 1)
+    if n < PARALLEL_MIN or ways < 2:
+        copy(0, n)
+        return
+    if _copiers is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _copiers = ThreadPoolExecutor(ways, thread_name_prefix="raylite-copy")
+    step = -(-n // ways) + 63 & ~63
+    done = [_copiers.submit(copy, a, min(n, a + step)) for a in range(step, n, step)]
+    copy(0, min(n, step))
+    for f in done:
+        f.result()
+
+
+def _copy_into(m: mmap.mmap, offset: int, src: memoryview) -> None:
+    import numpy as np
+
+    n = src.nbytes
+    if n < PARALLEL_MIN:
+        m[offset: offset + n] = src
+        return
+    dst = np.frombuffer(m, dtype=np.uint8, count=n, offset=offset)
+    s = np.frombuffer(src, dtype=np.uint8)
+    _parallel(lambda a, z: np.copyto(dst[a:z], s[a:z]), n)
 
 
 def _pwrite_all(fd: int, data, offset: int) -> None:
