@@ -109,7 +109,8 @@ def step_command(step: str, quick: bool, peers: tuple[str, ...], ray_python: str
 def run(quick: bool = False, peers: tuple[str, ...] = PEERS, steps: tuple[str, ...] = STEPS,
         out: Path | None = None, ray_python: str | None = None,
         peers_python: str | None = None, readme: Path | None = None,
-        echo: Callable[[str], None] | None = print) -> dict[str, Any]:
+        echo: Callable[[str], None] | None = print,
+        command: str = "benchmarks.suite.run()") -> dict[str, Any]:
     """Run ``steps``; write every report, the summary, the plots and the README into
     ``out``; return the summary (what ``suite.json`` holds)."""
     out = Path(out or (QUICK_OUT if quick else RESULTS))
@@ -160,8 +161,7 @@ def run(quick: bool = False, peers: tuple[str, ...] = PEERS, steps: tuple[str, .
     summary = {
         "suite": {"quick": quick, "steps": list(steps), "peers": list(peers),
                   "wall_s": round(time.monotonic() - started, 1),
-                  "command": " ".join(["python -m benchmarks", *sys.argv[1:]])
-                  if echo else "benchmarks.suite.run()"},
+                  "command": command},
         "machine": {**machine_info(), "loadavg": {"start": load_start, "end": os.getloadavg()}},
         "versions": versions(reports),
         "steps": step_info, "notes": notes, **report.summarize(reports)}
@@ -267,7 +267,8 @@ def main(argv: list[str] | None = None) -> None:
         print("matplotlib is not installed: no plots", file=sys.stderr)
     run(quick=args.quick, peers=() if args.no_peers else tuple(args.peers),
         steps=tuple(args.steps), out=args.out, ray_python=args.ray_python,
-        peers_python=args.peers_python, readme=args.readme)
+        peers_python=args.peers_python, readme=args.readme,
+        command=" ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])]))
 
 
 if __name__ == "__main__":
