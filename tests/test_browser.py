@@ -337,3 +337,23 @@ def test_placement_and_autoscaler_views_are_live(page, lab, shots):
                         ).to_be_attached(timeout=20_000)
     nb.shoot(scaler_cell, "autoscaler_view")
     nb.run_until(last + 1)
+
+
+def test_serve_view_is_live(page, lab, shots):
+    nb = Notebook(page, lab, "03_serve.ipynb", shots)
+    view_cell = nb.index("view = ServeView()")
+    nb.run_until(view_cell + 1)
+    out = nb.output(view_cell)
+    sync_api.expect(out.locator('.raylite-serve-node[data-ingress="true"]')).to_have_attribute(
+        "data-deployment", "Api", timeout=30_000)
+    sync_api.expect(out.locator(
+        '.raylite-serve-edge[data-from="Api"][data-to="Sentiment"]')).to_have_count(1)
+    # the autoscaled app comes after the view was drawn: only a live view shows it scale
+    nb.run_until(nb.index("auto_load = pd.concat(") + 1)
+    slow = out.locator('.raylite-serve-deployment[data-deployment="Slow"]')
+    sync_api.expect(slow.locator("svg.raylite-serve-chart")).to_have_attribute(
+        "data-peak-running", "4", timeout=20_000)
+    sync_api.expect(out).to_contain_text("live")
+    nb.shoot(view_cell, "serve_view")
+    nb.ran = len(nb.sources) - 1  # skip to the last cell: Serve and raylite shut down
+    nb.run_until(len(nb.sources))

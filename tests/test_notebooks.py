@@ -59,7 +59,7 @@ def code_cells(nb) -> list:
 def test_there_are_notebooks():
     names = {p.name for p in NOTEBOOKS}
     assert {"00_quickstart.ipynb", "01_zero_copy.ipynb",
-            "02_placement_and_autoscaling.ipynb"} <= names
+            "02_placement_and_autoscaling.ipynb", "03_serve.ipynb"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

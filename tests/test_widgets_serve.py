@@ -71,7 +71,7 @@ def test_topology_svg_boxes_edges_ingress_and_status():
     assert svg.count('data-ingress="true"') == 1 and 'data-deployment="Front" ' \
         'data-ingress="true"' in svg
     assert 'data-external="true"' in svg and "tax/Tax" in svg  # another app's deployment
-    assert "HTTP /shop" in svg and "1/3 replicas · 4 ongoing · 2 queued" in svg
+    assert ">HTTP<" in svg and ">/shop<" in svg and "1/3 replicas · 4 ongoing · 2 queued" in svg
     assert f'fill="{RS.STATUS_COLORS["UNHEALTHY"]}"' in svg and "check failed" in svg
     # no topology (e.g. Ray's own status): boxes without edges, the ingress still marked
     bare = RS.topology_svg("tax", STATUS["applications"]["tax"])
@@ -92,12 +92,13 @@ def test_chart_replicas_against_target_and_requests():
                        width=470)
     # 30 s shown at least: x = 30 + 430 * (t - 73) / 30; replicas: y = 20 + 62 - 62 * v / 3
     running = re.search(r'<path d="([^"]+)"[^>]*class="raylite-running"', svg).group(1)
-    assert running == "M417.0,61.3H431.3V61.3H445.7V20.0H460.0V20.0"
+    assert running == "M417.0,61.3V61.3H431.3V20.0H445.7V20.0H460.0"
     target = re.search(r'<path d="([^"]+)"[^>]*class="raylite-target"', svg).group(1)
-    assert target == "M417.0,61.3H431.3V20.0H445.7V20.0H460.0V20.0"
+    assert target == "M417.0,61.3V20.0H431.3V20.0H445.7V20.0H460.0"
     assert "raylite-starting" in svg and "raylite-ongoing" in svg and "raylite-queued" in svg
     assert "running replicas (3)" in svg and "target (3)" in svg and "queued (0)" in svg
     assert "#123456" in svg and ">-30s<" in svg and ">now<" in svg
+    assert 'data-peak-running="3"' in svg
     assert "raylite-running" not in RS.chart_svg([], key)  # nothing recorded yet
 
 

@@ -244,11 +244,11 @@ def cluster_html(state: dict, running: dict[str, Counter] | None = None) -> str:
     return f'<div class="raylite-cluster">{cluster_header(state, running)}{body}</div>'
 
 
-def svg_open(width: int, height: int, cls: str) -> str:
+def svg_open(width: int, height: int, cls: str, attrs: str = "") -> str:
     """An inline SVG element that scales down to narrow outputs; text in the page's
-    colour (``currentColor``)."""
+    colour (``currentColor``). ``attrs``: more attributes (``data-...``), as HTML."""
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" class="{cls}" '
+            f'viewBox="0 0 {width} {height}" class="{cls}" {attrs + " " if attrs else ""}'
             f'style="{FONT};font-size:11px;max-width:100%;height:auto">')
 
 
@@ -258,34 +258,43 @@ def message(text: str, muted: bool = True) -> str:
 
 
 # ------------------------------------------------------------------ charts over time
-def step_line(points, color: str, title: str, dashed: bool = False, cls: str = "") -> str:
-    """A step line through ``[(x, y), ...]`` (a value holds until the next sample)."""
+def _steps(points, pre: bool) -> str:
+    """A step path's segments after its first point: each value holds until the next
+    sample, or with ``pre`` from the sample before (so the latest value shows)."""
+    if pre:
+        return "".join(f"V{py:.1f}H{px:.1f}" for px, py in points[1:])
+    return "".join(f"H{px:.1f}V{py:.1f}" for px, py in points[1:])
+
+
+def step_line(points, color: str, title: str, dashed: bool = False, cls: str = "",
+              pre: bool = False) -> str:
+    """A step line through ``[(x, y), ...]`` (see :func:`_steps` for ``pre``)."""
     if not points:
         return ""
-    d = f"M{points[0][0]:.1f},{points[0][1]:.1f}" + "".join(
-        f"H{px:.1f}V{py:.1f}" for px, py in points[1:])
+    d = f"M{points[0][0]:.1f},{points[0][1]:.1f}" + _steps(points, pre)
     dash = ' stroke-dasharray="4 3" stroke-opacity=".7"' if dashed else ""
     klass = f' class="{cls}"' if cls else ""
     return (f'<path d="{d}" fill="none" stroke="{color}" stroke-width="2"{dash}{klass}>'
             f"<title>{esc(title)}</title></path>")
 
 
-def step_area(points, base: float, color: str, title: str, cls: str = "") -> str:
+def step_area(points, base: float, color: str, title: str, cls: str = "",
+              pre: bool = False) -> str:
     """The area under a step line, down to ``base`` (a y coordinate)."""
     if not points:
         return ""
-    d = f"M{points[0][0]:.1f},{base:.1f}V{points[0][1]:.1f}" + "".join(
-        f"H{px:.1f}V{py:.1f}" for px, py in points[1:]) + f"V{base:.1f}Z"
+    d = f"M{points[0][0]:.1f},{base:.1f}V{points[0][1]:.1f}" + _steps(points, pre) + \
+        f"V{base:.1f}Z"
     klass = f' class="{cls}"' if cls else ""
     return (f'<path d="{d}" fill="{color}" fill-opacity=".25" stroke="{color}" '
             f'stroke-width="1.5"{klass}><title>{esc(title)}</title></path>')
 
 
-def y_grid(ymax: int, y, x1: float, x2: float, max_ticks: int = 8) -> str:
+def y_grid(ymax: int, y, x1: float, x2: float, max_ticks: int = 8, steps: int = 4) -> str:
     """Horizontal grid lines with their values on the left, for counts 0..ymax (every
-    count up to ``max_ticks``, else about four of them)."""
+    count up to ``max_ticks``, else about ``steps`` steps)."""
     ticks = range(ymax + 1) if ymax <= max_ticks else \
-        range(0, ymax + 1, max(1, math.ceil(ymax / 4)))
+        range(0, ymax + 1, max(1, math.ceil(ymax / steps)))
     return "".join(
         f'<line x1="{x1}" x2="{x2}" y1="{y(i):.1f}" y2="{y(i):.1f}" stroke="currentColor" '
         f'stroke-opacity=".12"/><text x="{x1 - 6}" y="{y(i) + 4:.1f}" text-anchor="end" '

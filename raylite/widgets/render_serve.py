@@ -24,7 +24,7 @@ STATUS_COLORS = {"HEALTHY": R.GREEN, "RUNNING": R.GREEN, "UPSCALING": R.ORANGE,
                  "UNHEALTHY": R.RED, "DEPLOY_FAILED": R.RED, "DELETING": R.SLATE}
 TARGET_COLOR, ONGOING_COLOR, QUEUED_COLOR = R.SLATE, R.GREEN, R.ORANGE
 DEP_COLORS = [c for c in R.CATEGORY if c not in (R.GREEN, R.ORANGE)]  # those mean load
-NODE_W, NODE_H, COL_GAP, ROW_GAP, ENTRY_W = 170, 44, 56, 12, 74
+NODE_W, NODE_H, COL_GAP, ROW_GAP, ENTRY_W = 170, 44, 56, 12, 92
 
 
 def _num(x, default=0):
@@ -218,10 +218,11 @@ def topology_svg(app_name: str, app: dict, colors: dict | None = None) -> str:
     if ingress in nodes:
         x, y = pos[(app_name, ingress)]
         route = app.get("route_prefix")
-        label = "handle" if route is None else f"HTTP {route}"
-        label = label if len(label) <= 11 else label[:10] + "…"
+        route = route if route is None or len(route) <= 13 else route[:12] + "…"
         out.append(f'<g class="raylite-serve-entry"><text x="2" y="{y + NODE_H / 2 - 5:.1f}" '
-                   f'fill="currentColor" fill-opacity=".8">{R.esc(label)}</text>'
+                   f'fill="currentColor" fill-opacity=".8">{"handle" if route is None else "HTTP"}'
+                   f'</text><text x="2" y="{y + NODE_H / 2 + 13:.1f}" fill="currentColor" '
+                   f'fill-opacity=".8">{R.esc(route or "")}</text>'
                    f'<line x1="2" x2="{x - 3}" y1="{y + NODE_H / 2:.1f}" '
                    f'y2="{y + NODE_H / 2:.1f}" stroke="currentColor" stroke-width="1.4"/>'
                    f'<path d="{_arrow_head((x - 1, y + NODE_H / 2), (2, y + NODE_H / 2))}" '
@@ -255,10 +256,12 @@ def topology_html(status: dict | None, colors: dict | None = None) -> str:
 
 # ------------------------------------------------------------------ charts
 def chart_svg(samples: list[dict], key: tuple[str, str], color: str = R.PALETTE[0],
-              now: float | None = None, window_s: float = 120.0, width: int = 470) -> str:
+              now: float | None = None, window_s: float = 120.0, width: int = 430) -> str:
     """Replicas over the last ``window_s`` seconds (running: a solid line; running +
     starting: the shaded area; target: dashed) over the requests (ongoing: green area,
-    queued: orange, stacked on top)."""
+    queued: orange, stacked on top). A reading is drawn back to the one before it, so
+    the latest shows. The most replicas running in that time is the SVG's
+    ``data-peak-running``."""
     pts = [(s["t"], s["deps"][key]) for s in samples if key in s["deps"]]
     now = now if now is not None else (pts[-1][0] if pts else time.time())
     span = min(window_s, max(30.0, now - (pts[0][0] if pts else now)))
@@ -280,28 +283,31 @@ def chart_svg(samples: list[dict], key: tuple[str, str], color: str = R.PALETTE[
         return top2 + h2 - h2 * v / qmax
 
     last = pts[-1][1] if pts else dep_sample({})
-    out = [R.svg_open(width, top2 + h2 + 20, "raylite-serve-chart"),
+    peak = max((d["running"] for _, d in pts), default=0)
+    out = [R.svg_open(width, top2 + h2 + 20, "raylite-serve-chart",
+                      f'data-peak-running="{peak}"'),
            R.legend([(f"running replicas ({last['running']})", color),
                      (f"target ({last['target']})", TARGET_COLOR)], left, 3),
            R.y_grid(rmax, y1, left, width - right, max_ticks=4),
            R.legend([(f"ongoing requests ({last['ongoing']})", ONGOING_COLOR),
                      (f"queued ({last['queued']})", QUEUED_COLOR)], left, top + h1 + 7),
-           R.y_grid(qmax, y2, left, width - right, max_ticks=2)]
+           R.y_grid(qmax, y2, left, width - right, max_ticks=2, steps=2)]
     if pts:
         xs = [x(t) for t, _ in pts]
         out += [
             R.step_area([(px, y1(d["running"] + d["starting"])) for px, (_, d) in
                          zip(xs, pts, strict=True)], y1(0), color, "running + starting",
-                        "raylite-starting"),
+                        "raylite-starting", pre=True),
             R.step_line([(px, y1(d["running"])) for px, (_, d) in zip(xs, pts, strict=True)],
-                        color, "running replicas", cls="raylite-running"),
+                        color, "running replicas", cls="raylite-running", pre=True),
             R.step_line([(px, y1(d["target"])) for px, (_, d) in zip(xs, pts, strict=True)],
-                        TARGET_COLOR, "target replicas", dashed=True, cls="raylite-target"),
+                        TARGET_COLOR, "target replicas", dashed=True, cls="raylite-target",
+                        pre=True),
             R.step_area([(px, y2(d["ongoing"] + d["queued"])) for px, (_, d) in
                          zip(xs, pts, strict=True)], y2(0), QUEUED_COLOR, "queued requests",
-                        "raylite-queued"),
+                        "raylite-queued", pre=True),
             R.step_area([(px, y2(d["ongoing"])) for px, (_, d) in zip(xs, pts, strict=True)],
-                        y2(0), ONGOING_COLOR, "ongoing requests", "raylite-ongoing")]
+                        y2(0), ONGOING_COLOR, "ongoing requests", "raylite-ongoing", pre=True)]
     out += [R.time_axis(x, now, span, left, width - right, top2 + h2), "</svg>"]
     return "".join(out)
 
@@ -316,7 +322,7 @@ def deployment_card(key: tuple[str, str], d: dict, samples: list[dict], color: s
     msg = d.get("message") if isinstance(d, dict) else None
     return (f'<div class="raylite-serve-deployment" data-app="{R.esc(app)}" '
             f'data-deployment="{R.esc(name)}" style="border:{R.BORDER};border-radius:6px;'
-            f'padding:6px 8px;margin:0 8px 8px 0;{R.FONT};color:inherit;max-width:490px">'
+            f'padding:6px 8px;margin:0 8px 8px 0;{R.FONT};color:inherit;max-width:450px">'
             f'<div style="display:flex;align-items:center;gap:6px"><span style="width:10px;'
             f'height:10px;border-radius:2px;background:{color}"></span><b>{R.esc(app)} / '
             f'{R.esc(name)}</b>{R.badge(status, STATUS_COLORS.get(status, R.SLATE))}</div>'
