@@ -11,6 +11,8 @@ Measured in this process and one child, as medians of repeats after a warm-up:
   time: the floor of a synchronous task or actor call (one request, one reply);
 - **pyzmq pipelined**: the same pair, 10,000 messages sent before any reply is read:
   round trips per second, the ceiling of async tasks or actor calls per second;
+- **pipe round trip**: the same over a ``multiprocessing.Pipe`` (what multiprocessing
+  uses): the floor of any round trip between two processes, below pyzmq's;
 - **memcpy**: ``np.copyto`` of 64 MiB into an already-touched array (GB/s): what a copy
   of an object costs;
 - **first-touch shared memory**: the same copy into a fresh ``/dev/shm`` file mapped for
@@ -48,6 +50,7 @@ SHM_DIR = "/dev/shm"
 METRICS = {
     "zmq_rtt": ("pyzmq round trip, 2 processes", "us", False),
     "zmq_pipelined": ("pyzmq pipelined round trips", "msgs/s", True),
+    "pipe_rtt": ("pipe round trip, 2 processes", "us", False),
     "memcpy": ("memcpy 64 MiB", "GB/s", True),
     "first_touch_shm": ("first-touch /dev/shm copy 64 MiB", "GB/s", True),
     "python_startup": ("python -c pass", "s", False),
@@ -112,6 +115,35 @@ def measure_zmq(repeats: int, round_trips: int, pipelined: int) -> dict[str, lis
         ctx.term()
 
 
+def _pipe_echo(conn: Any) -> None:
+    while (msg := conn.recv_bytes()) != b"stop":
+        conn.send_bytes(msg)
+
+
+def measure_pipe(repeats: int, round_trips: int) -> dict[str, list[float]]:
+    """A ``multiprocessing.Pipe`` (a Unix socket pair, no framing library): below pyzmq,
+    the floor of any round trip between two processes here."""
+    fork = mp.get_context("fork")
+    mine, theirs = fork.Pipe()
+    child = fork.Process(target=_pipe_echo, args=(theirs,), daemon=True)
+    child.start()
+
+    def rtt() -> float:
+        start = time.perf_counter()
+        for _ in range(round_trips):
+            mine.send_bytes(MSG)
+            mine.recv_bytes()
+        return 1e6 * (time.perf_counter() - start) / round_trips
+
+    try:
+        return {"pipe_rtt": _samples(rtt, repeats)}
+    finally:
+        mine.send_bytes(b"stop")
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+
+
 def measure_memory(repeats: int, size: int = BIG) -> dict[str, list[float]]:
     import numpy as np
 
@@ -159,6 +191,7 @@ def measure_startup(repeats: int) -> dict[str, list[float]]:
 def measure(quick: bool) -> dict[str, Any]:
     repeats = 3 if quick else 9
     samples = {**measure_zmq(repeats, 1000 if quick else 5000, 10_000 if quick else 50_000),
+               **measure_pipe(repeats, 1000 if quick else 5000),
                **measure_memory(repeats), **measure_startup(repeats)}
     import numpy
     import zmq

@@ -71,10 +71,13 @@ WHAT = """\
   `tcp://127.0.0.1` between two processes (raylite's transport): one 64-byte message out
   and back at a time, and 10,000 sent before the replies are read; `np.copyto` of 64 MiB
   into touched memory; the same into a fresh `/dev/shm` mapping (page faults included);
-  `python -c pass` and a worker's minimal imports. The limit column pairs each row with its
-  floor: start-up with a Python start-up plus imports, sync calls with a round trip, async
-  calls with pipelined round trips, put with one memcpy, a zero-copy task argument with a
-  round trip.
+  `python -c pass` and a worker's minimal imports; a `multiprocessing.Pipe` round trip for
+  comparison. The limit column pairs each row with the floor of raylite's design on this
+  machine: start-up with a Python start-up plus a worker's imports, sync calls with a pyzmq
+  round trip, async calls with pipelined round trips, put with one memcpy, a zero-copy
+  task argument with a round trip. multiprocessing can pass under two of them: its workers
+  are forked (no interpreter start-up) and it talks over bare pipes (the pipe round trip,
+  several times below pyzmq's), at the price of no scheduler, no objects and no cluster.
 """
 
 

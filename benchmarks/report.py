@@ -266,33 +266,36 @@ def _plt():
 
 
 def plot_ratios(summary: dict[str, Any], baseline: str = "ray"):
-    """Horizontal bars: how many times better each framework (and the limit) is than
+    """Grouped bars: how many times better each framework (and the limit) is than
     ``baseline`` on every metric where both were measured; None if nothing compares."""
     rows = [r for r in rows_of(summary) if baseline in r.values and r.section != "limits"]
     others = [f for f in [*summary["frameworks"], "limit"] if f != baseline]
     if not rows or not others:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(10, 0.55 * len(rows) * max(1, len(others) / 2.5) + 1.5))
-    height = 0.8 / len(others)
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.16 * len(rows) * len(others) + 3), 6.5))
+    width = 0.84 / len(others)
     for i, fw in enumerate(others):
-        ys, xs = [], []
-        for y, r in enumerate(rows):
+        xs, ys = [], []
+        for x, r in enumerate(rows):
             v = r.limit if fw == "limit" else r.values.get(fw)
             if v:
-                ys.append(y + (i - (len(others) - 1) / 2) * height)
-                xs.append(ratio(v["median"], r.values[baseline]["median"], r.higher_is_better))
+                xs.append(x + (i - (len(others) - 1) / 2) * width)
+                ys.append(ratio(v["median"], r.values[baseline]["median"], r.higher_is_better))
         kw = {"fill": False, "hatch": "//"} if fw == "limit" else {}
-        ax.barh(ys, xs, height=height, color=COLORS[fw], edgecolor=COLORS[fw],
-                label=TITLES[fw], **kw)
-    ax.set_yticks(range(len(rows)), [f"{r.label} ({r.unit})" for r in rows], fontsize=8)
-    ax.axvline(1, color="grey", linestyle="--", linewidth=1)
-    ax.set_xscale("log")
-    ax.invert_yaxis()
-    ax.set_xlabel(f"times better than {TITLES[baseline]} (log scale; > 1: better)")
-    ax.set_title(f"Ratios to {TITLES[baseline]} (medians)")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(axis="x", which="both", alpha=0.2)
+        ax.bar(xs, ys, width=width, color=COLORS[fw], edgecolor=COLORS[fw],
+               label=TITLES[fw], **kw)
+    ax.set_xticks(range(len(rows)), [f"{r.label} ({r.unit})" for r in rows], fontsize=8,
+                  rotation=40, ha="right", rotation_mode="anchor")
+    ax.axhline(1, color="grey", linestyle="--", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.set_ylabel(f"times better than {TITLES[baseline]} (log; > 1: better)")
+    ax.set_title(f"Every framework and the limit against {TITLES[baseline]} (medians)",
+                 pad=24)
+    ax.legend(fontsize=8, ncol=len(others), loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              frameon=False)
+    ax.grid(axis="y", which="major", alpha=0.3)
     fig.tight_layout()
     return fig
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 QUICK_TIMEOUT_S = 60
 CORE_KEYS = {"init", "shutdown", "async_tasks", "sync_task", "actor_create", "async_actor",
              "sync_actor", "puts"}
-LIMIT_KEYS = {"zmq_rtt", "zmq_pipelined", "memcpy", "first_touch_shm", "python_startup",
+LIMIT_KEYS = {"zmq_rtt", "zmq_pipelined", "pipe_rtt", "memcpy", "first_touch_shm", "python_startup",
               "python_imports"}
 
 
