@@ -293,20 +293,21 @@ def group_demand(demand: dict) -> tuple[list[Shape], list[list[Shape]]]:
     """Group requests and bundles by shape; STRICT_SPREAD groups come back apart."""
     shapes: dict = {}
 
-    def add(d: dict, sel: tuple, node, kind: str) -> Shape:
+    def add(d: dict, sel: tuple, node, kind: str, count: int = 1) -> Shape:
         key = (tuple(sorted((k, v) for k, v in d.items() if v)), sel, node)
         s = shapes.get(key)
         if s is None:
             s = shapes[key] = Shape(d, sel, node)
-        s.count += 1
-        s.kinds[kind] += 1
+        s.count += count
+        s.kinds[kind] += count
         return s
 
     for r in demand.get("requests", ()):
         strat = r.get("strategy")
         node = strat[1] if isinstance(strat, (list, tuple)) and len(strat) == 3 \
             and strat[0] == "node" and not strat[2] else None
-        add(r["demand"], sel_key(r.get("label_selector")), node, r.get("kind", "task"))
+        add(r["demand"], sel_key(r.get("label_selector")), node, r.get("kind", "task"),
+            max(1, int(r.get("count", 1))))  # "count": the queue a request stands for
     spread = []
     for pg in demand.get("placement_groups", ()):
         bundles = [(b["resources"], sel_key(b.get("label_selector"))) for b in pg["bundles"]]

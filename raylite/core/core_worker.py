@@ -41,6 +41,7 @@ PIPELINE_MAX_TASK_S = 0.002  # pipeline only tasks that take less than this on a
 PIPELINE_MAX_AGE_S = 0.005   # ... and only behind a task sent less than this ago
 STEAL_AFTER_S = 0.01         # take back tasks queued behind one running longer than this
 LEASE_IDLE_S = float(os.environ.get("RAYLITE_LEASE_IDLE_S", "0.1"))
+BACKLOG_S = 0.2              # how often queue lengths behind lease requests are reported
 TASK_EVENTS_S = 0.1          # how often task records go to the head (state API, timeline)
 MAX_LEASE_REQUESTS = 8
 
@@ -214,6 +215,8 @@ class CoreWorker:
         self._task_log: dict[bytes, list] = {}
         self._task_log_on = os.environ.get("RAYLITE_TASK_EVENTS", "1") != "0"
         self._last_task_flush = 0.0
+        self._last_backlog = 0.0
+        self._backlogs: dict[tuple, int] = {}  # key -> queue length last told to the head
         self._stop = False
         self._last_tick = 0.0
         self._last_heartbeat = 0.0
@@ -325,6 +328,9 @@ class CoreWorker:
                     elif len(lease.inflight) > 1 and \
                             now - next(iter(lease.inflight.values())).sent > STEAL_AFTER_S:
                         self._steal(lease)
+        if now - self._last_backlog > BACKLOG_S:
+            self._last_backlog = now
+            self._report_backlogs()
         if self._task_log and now - self._last_task_flush > TASK_EVENTS_S:
             self._last_task_flush = now
             with self._lock:
@@ -823,6 +829,20 @@ class CoreWorker:
             rec[5], rec[6], rec[7] = time.time(), lease.node_id, lease.worker_id
         self.outbox.send(lease.addr, P.encode(P.EXECUTE, body))
 
+    def _report_backlogs(self) -> None:
+        """Tell the head how many tasks wait behind each shape's lease requests when that
+        changed (the autoscaler sizes its demand by it, as Ray's backlog reports)."""
+        with self._lock:
+            for key, reqs in self._lease_reqs.items():
+                if not reqs:
+                    self._backlogs.pop(key, None)
+                    continue
+                n = len(self._queues[key])
+                if self._backlogs.get(key) != n:
+                    self._backlogs[key] = n
+                    self.send_head(P.LEASE_BACKLOG, {"req_id": next(iter(reqs)),
+                                                     "backlog": n})
+
     def _task_record(self, tid: bytes) -> list:
         rec = self._task_log.get(tid)
         if rec is None:  # its earlier part went to the head already
@@ -839,7 +859,7 @@ class CoreWorker:
     def _request_lease(self, key) -> None:
         demand, opts = self._lease_opts[key]
         body = {"demand": demand, "owner": self.addr, "job_id": self.job_id,
-                "node_id": self.node_id, **opts}
+                "node_id": self.node_id, "backlog": len(self._queues[key]), **opts}
         req_id = new_id()
         body["req_id"] = req_id
         body["reply_to"] = self.addr

@@ -242,6 +242,7 @@ class Head:
             P.REGISTER_NODE: self.on_register_node, P.HEARTBEAT: self.on_heartbeat,
             P.REGISTER_WORKER: self.on_register_worker, P.WORKER_EXITED: self.on_worker_exited,
             P.REQUEST_LEASE: self.on_request_lease, P.CANCEL_LEASE: self.on_cancel_lease,
+            P.LEASE_BACKLOG: self.on_lease_backlog,
             P.RETURN_LEASE: self.on_return_lease, P.WORKER_BLOCKED: self.on_worker_blocked,
             P.CREATE_ACTOR: self.on_create_actor, P.ACTOR_READY: self.on_actor_ready,
             P.GET_ACTOR_INFO: self.on_get_actor_info, P.KILL_ACTOR: self.on_kill_actor,
@@ -526,6 +527,12 @@ class Head:
     # ------------------------------------------------------------------ leases
     def on_request_lease(self, body: dict) -> None:
         self.pending.append(Request(body))
+
+    def on_lease_backlog(self, body: dict) -> None:
+        for r in self.pending:
+            if r.req_id == body["req_id"]:
+                r.body["backlog"] = body["backlog"]
+                return
 
     def on_cancel_lease(self, body: dict) -> None:
         rid = body["req_id"]
@@ -921,13 +928,33 @@ class Head:
             limit = body.get("limit") or len(self.tasks)
             out["tasks"] = [task_info(r) for r in list(self.tasks.values())[-limit:]]
         if "demand" in want:
-            out["demand"] = {
-                "requests": [r.describe() for r in self.pending if r.pg is None],
-                "placement_groups": [p.info() for p in self.pending_pgs],
-            }
+            out["demand"] = {"requests": self.demand_requests(),
+                             "placement_groups": [p.info() for p in self.pending_pgs]}
         if "autoscaler" in want:
             out["autoscaler"] = self.autoscaler
         self.reply(body, out)
+
+    def demand_requests(self) -> list[dict]:
+        """Pending requests for the autoscaler. An owner asks for a few leases at a time
+        for a queue of tasks of one shape, and says how long that queue is (its backlog,
+        as Ray's lease requests do): each group of its requests carries ``count`` = the
+        larger of the two, so a long queue is seen as the demand it is."""
+        groups: dict = {}
+        for r in self.pending:
+            if r.pg is not None:
+                continue
+            key = (r.owner, tuple(sorted(r.demand.items())), str(r.strategy),
+                   str(r.body.get("label_selector")), r.actor is not None)
+            groups.setdefault(key, []).append(r)
+        out = []
+        for reqs in groups.values():
+            backlog = max(int(r.body.get("backlog") or 0) for r in reqs)
+            count = max(len(reqs), backlog)
+            for i, r in enumerate(reqs):
+                d = r.describe()
+                d["count"] = count - (len(reqs) - 1) if i == 0 else 1
+                out.append(d)
+        return out
 
     def on_task_events(self, body: dict) -> None:
         """Fold a batch of task records from an owner into the task table. A record is

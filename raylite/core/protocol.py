@@ -21,6 +21,7 @@ REGISTER_WORKER = b"register_worker"    # worker: worker_id, node_id, addr, core
 WORKER_EXITED = b"worker_exited"        # agent: worker_id, code
 REQUEST_LEASE = b"request_lease"        # owner: req_id, reply_to, demand, strategy, selector, env
 CANCEL_LEASE = b"cancel_lease"          # owner: req_id
+LEASE_BACKLOG = b"lease_backlog"        # owner: req_id, backlog (tasks queued behind it)
 RETURN_LEASE = b"return_lease"          # owner: worker_id
 WORKER_BLOCKED = b"worker_blocked"      # worker: worker_id, blocked (bool)
 CREATE_ACTOR = b"create_actor"          # owner: actor spec
