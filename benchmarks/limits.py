@@ -13,8 +13,9 @@ Measured in this process and one child, as medians of repeats after a warm-up:
   round trips per second, the ceiling of async tasks or actor calls per second;
 - **pipe round trip**: the same over a ``multiprocessing.Pipe`` (what multiprocessing
   uses): the floor of any round trip between two processes, below pyzmq's;
-- **memcpy**: ``np.copyto`` of 64 MiB into an already-touched array (GB/s): what a copy
-  of an object costs;
+- **memcpy**: ``np.copyto`` of 64 MiB into an already-touched array (GB/s), in one
+  thread and split over one thread per CPU (numpy copies without the GIL; raylite and
+  Ray split large copies so): what a copy of an object costs;
 - **first-touch shared memory**: the same copy into a fresh ``/dev/shm`` file mapped for
   the purpose, page faults included (GB/s): the floor of a ``put`` of a new object;
 - **Python start-up**: ``python -c pass``, and ``python -c "import zmq, cloudpickle,
@@ -52,6 +53,7 @@ METRICS = {
     "zmq_pipelined": ("pyzmq pipelined round trips", "msgs/s", True),
     "pipe_rtt": ("pipe round trip, 2 processes", "us", False),
     "memcpy": ("memcpy 64 MiB", "GB/s", True),
+    "memcpy_parallel": (f"memcpy 64 MiB, {os.cpu_count()} threads", "GB/s", True),
     "first_touch_shm": ("first-touch /dev/shm copy 64 MiB", "GB/s", True),
     "python_startup": ("python -c pass", "s", False),
     "python_imports": ("python -c 'import zmq, cloudpickle, numpy'", "s", False),
@@ -155,6 +157,17 @@ def measure_memory(repeats: int, size: int = BIG) -> dict[str, list[float]]:
         np.copyto(dst, src)
         return size / (time.perf_counter() - start) / 1e9
 
+    from concurrent.futures import ThreadPoolExecutor
+
+    ways = os.cpu_count() or 1
+    bounds = [(i * size // ways, (i + 1) * size // ways) for i in range(ways)]
+    pool = ThreadPoolExecutor(ways)
+
+    def memcpy_parallel() -> float:  # numpy releases the GIL while it copies
+        start = time.perf_counter()
+        list(pool.map(lambda b: np.copyto(dst[b[0]:b[1]], src[b[0]:b[1]]), bounds))
+        return size / (time.perf_counter() - start) / 1e9
+
     def first_touch(i: list[int] = [0]) -> float:  # noqa: B006 (a counter for unique names)
         i[0] += 1
         path = os.path.join(SHM_DIR if os.path.isdir(SHM_DIR) else "/tmp",
@@ -173,7 +186,12 @@ def measure_memory(repeats: int, size: int = BIG) -> dict[str, list[float]]:
             os.close(fd)
             os.unlink(path)
 
-    return {"memcpy": _samples(memcpy, repeats), "first_touch_shm": _samples(first_touch, repeats)}
+    try:
+        return {"memcpy": _samples(memcpy, repeats),
+                "memcpy_parallel": _samples(memcpy_parallel, repeats),
+                "first_touch_shm": _samples(first_touch, repeats)}
+    finally:
+        pool.shutdown()
 
 
 def measure_startup(repeats: int) -> dict[str, list[float]]:

@@ -28,7 +28,7 @@ HOW = """\
 ## How to run
 
 ```bash
-make bench                              # = .venv/bin/python -m benchmarks (full, ~20 min)
+make bench                              # = .venv/bin/python -m benchmarks (full, ~11 min)
 make bench-env                          # once: the peers in .bench-venv (Ray, Dask, ipyparallel)
 python -m benchmarks --quick            # seconds to a minute or two, to benchmarks/results/quick/
 python -m benchmarks --quick --no-peers # raylite and the limits only (CI runs this)
@@ -67,14 +67,17 @@ WHAT = """\
   on a handle.
 - **scheduling** (`scheduling.py`): 100 one-bundle placement groups created, awaited,
   removed; 10,000 queued no-op tasks.
-- **limits** (`limits.py`): what no framework here can beat. pyzmq DEALER/ROUTER over
+- **limits** (`limits.py`): the floors of raylite's design on this machine. pyzmq
+  DEALER/ROUTER over
   `tcp://127.0.0.1` between two processes (raylite's transport): one 64-byte message out
   and back at a time, and 10,000 sent before the replies are read; `np.copyto` of 64 MiB
-  into touched memory; the same into a fresh `/dev/shm` mapping (page faults included);
+  into touched memory, in one thread and in one per CPU; the same into a fresh `/dev/shm`
+  mapping (page faults included);
   `python -c pass` and a worker's minimal imports; a `multiprocessing.Pipe` round trip for
   comparison. The limit column pairs each row with the floor of raylite's design on this
   machine: start-up with a Python start-up plus a worker's imports, sync calls with a pyzmq
-  round trip, async calls with pipelined round trips, put with one memcpy, a zero-copy
+  round trip, async calls with pipelined round trips, put with one memcpy (the faster
+  of one thread and one per CPU), a zero-copy
   task argument with a round trip. multiprocessing can pass under two of them: its workers
   are forked (no interpreter start-up) and it talks over bare pipes (the pipe round trip,
   several times below pyzmq's), at the price of no scheduler, no objects and no cluster.
@@ -147,6 +150,12 @@ def _noise(summary: dict[str, Any]) -> str:
             "framework's cluster uses 2 worker processes, so anything else running competes "
             "for the same cores: sub-millisecond latencies and per-second rates can move by "
             "2x between runs, most for the frameworks measured while the load was high (the "
-            "per-step load averages are below and in `suite.json`). The ratios, taken from "
-            "runs minutes apart, are sturdier than the absolute numbers; the min-max ranges "
-            "show how much each moved within its own run.")
+            "per-step load averages are below and in `suite.json`). It is also a virtual "
+            "machine, where a round trip between two processes depends on whether the other "
+            "virtual CPU is awake: measured here, a pipe round trip takes ~8-20 us while "
+            "something else keeps the CPUs busy and ~60 us when the machine is otherwise "
+            "idle, pyzmq's ~30 us against ~100 us, and raylite's sync task ~120 us against "
+            "~250 us; the limits move with the frameworks, so compare a row with its limit "
+            "from the same run. The ratios, taken from runs minutes apart, are sturdier than "
+            "the absolute numbers; the min-max ranges show how much each moved within its "
+            "own run.")

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 QUICK_TIMEOUT_S = 60
 CORE_KEYS = {"init", "shutdown", "async_tasks", "sync_task", "actor_create", "async_actor",
              "sync_actor", "puts"}
-LIMIT_KEYS = {"zmq_rtt", "zmq_pipelined", "pipe_rtt", "memcpy", "first_touch_shm", "python_startup",
-              "python_imports"}
+LIMIT_KEYS = {"zmq_rtt", "zmq_pipelined", "pipe_rtt", "memcpy", "memcpy_parallel",
+              "first_touch_shm", "python_startup", "python_imports"}
 
 
 def _positive(stats: dict[str, float]) -> bool:
