@@ -298,3 +298,41 @@ def test_refs_nested_in_task_args_are_kept_while_the_task_runs(cluster):
     del out
     wait_for_condition(lambda: not any(_stored(p) for p in probes),
                        message="args freed once the task and its result are gone")
+
+
+def test_a_late_put_never_recreates_a_removed_store(cluster):
+    """Only the agent makes its node's store: a put after the store went (a cluster
+    stopping) fails instead of leaving a directory in /dev/shm nobody removes."""
+    from raylite.core import runtime
+    from raylite.exceptions import RayliteSystemError
+
+    store_dir = runtime.core.store_dir
+    os.rename(store_dir, store_dir + ".away")  # as if the agent had just removed it
+    try:
+        with pytest.raises(RayliteSystemError, match="is gone"):
+            ray.put(np.zeros(1 << 20, dtype=np.uint8))
+        assert not os.path.exists(store_dir)
+    finally:
+        os.rename(store_dir + ".away", store_dir)
+
+
+def test_remove_dir_removes_what_a_late_writer_added(tmp_path, monkeypatch):
+    import shutil
+
+    from raylite.core import store
+
+    target = tmp_path / "store"
+    target.mkdir()
+    real = shutil.rmtree
+    calls = []
+
+    def racing_rmtree(path, ignore_errors=False):
+        real(path, ignore_errors=ignore_errors)
+        if not calls:  # a writer recreates a file right after the first pass
+            calls.append(1)
+            os.makedirs(path)
+            (target / "late.tmp").write_bytes(b"x")
+
+    monkeypatch.setattr(store.shutil, "rmtree", racing_rmtree)
+    store.remove_dir(str(target))
+    assert not target.exists() and calls

@@ -439,7 +439,12 @@ class CoreWorker:
     def _make_desc(self, s: ser.Serialized, oid: bytes) -> tuple:
         if s.size <= ser.INLINE_LIMIT:
             return ("i", s.meta, [bytes(b) for b in s.buffers])
-        os.makedirs(self.store_dir, exist_ok=True)
+        if not os.path.isdir(self.store_dir):
+            # only the node's agent makes its store: recreating it here (a late put while
+            # the cluster stops) would leave a directory in /dev/shm that nobody removes
+            raise exc.RayliteSystemError(
+                f"The object store of node {self.node_id} ({self.store_dir}) is gone: the "
+                "node stopped or the cluster is shutting down.")
         cap = store.capacity()
         if cap is not None:
             store.make_room(self.store_dir, s.size + 4096, cap)

@@ -302,7 +302,10 @@ def _recycle(path: str) -> bool:
         except BlockingIOError:
             return False  # mapped by a reader: its pages must stay as they are
         free = os.path.join(os.path.dirname(path), FREE_DIR)
-        os.makedirs(free, exist_ok=True)
+        try:
+            os.mkdir(free)  # not makedirs: a store removed meanwhile must stay removed
+        except FileExistsError:
+            pass
         pooled = _pool(free)
         if sum(sz for sz, _ in pooled) + size > POOL_MAX:
             return False
@@ -458,4 +461,9 @@ def make_room(directory: str, need: int, cap: int) -> None:
 
 
 def remove_dir(directory: str) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
+    """Remove a store (or session) directory, again if a late writer put a file in it
+    while it was being removed."""
+    for _ in range(5):
+        shutil.rmtree(directory, ignore_errors=True)
+        if not os.path.exists(directory):
+            return
