@@ -33,11 +33,8 @@ import datetime
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +42,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks._runner import run_json  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 FRAMEWORKS = ("raylite", "ray")
 BATCH = 1000  # tasks / actor calls / puts per async or put sample
@@ -197,49 +197,9 @@ def worker_env(framework: str) -> dict[str, str]:
 
 def run_worker(name: str, python: str, repeats: int, sync_calls: int) -> dict[str, Any]:
     """Measure one framework in a fresh subprocess; never leave its processes behind."""
-    env = worker_env(name)
-    with tempfile.TemporaryDirectory() as tmp:
-        out_path = os.path.join(tmp, "result.json")
-        cmd = [
-            python,
-            str(Path(__file__).resolve()),
-            "--worker",
-            "--framework",
-            name,
-            "--repeats",
-            str(repeats),
-            "--sync-calls",
-            str(sync_calls),
-            "--out",
-            out_path,
-        ]
-        # A new session lets us kill the whole process tree if the worker fails.
-        proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            log, _ = proc.communicate(timeout=WORKER_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
-            log, _ = proc.communicate()
-            return {"skipped": f"timed out after {WORKER_TIMEOUT_S} s", "log": log[-3000:]}
-        if proc.returncode != 0 or not os.path.exists(out_path):
-            _kill_group(proc.pid)
-            return {"skipped": f"worker failed (exit {proc.returncode})", "log": log[-3000:]}
-        return json.loads(Path(out_path).read_text())
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    cmd = [python, str(Path(__file__).resolve()), "--worker", "--framework", name,
+           "--repeats", str(repeats), "--sync-calls", str(sync_calls)]
+    return run_json(cmd, timeout_s=WORKER_TIMEOUT_S, env=worker_env(name), cwd=ROOT, echo=None)
 
 
 def summarize(samples: list[float]) -> dict[str, float]:

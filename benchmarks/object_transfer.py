@@ -46,8 +46,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -56,7 +54,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.core import RESULTS, ROOT, _kill_group, _shown, machine_info, worker_env  # noqa: E402
+from benchmarks._runner import run_json  # noqa: E402
+from benchmarks.core import RESULTS, ROOT, _shown, machine_info, worker_env  # noqa: E402
 
 SIZES = [1 << 10, 1 << 14, 1 << 18, 1 << 22, 1 << 26, 10**8, 1 << 28, 1 << 30]
 QUICK_MAX = 1 << 26
@@ -266,55 +265,16 @@ def run_worker(cfg: Config, python: str, args: argparse.Namespace) -> dict[str, 
     env.pop("RAYLITE_ENABLE_ZERO_COPY_TORCH_TENSORS", None)
     if cfg.framework == "ray" and cfg.zero_copy:
         env["RAY_ENABLE_ZERO_COPY_TORCH_TENSORS"] = "1"
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "result.json")
-        cmd = [
-            python,
-            str(Path(__file__).resolve()),
-            "--worker",
-            "--config",
-            cfg.key,
-            "--max-size",
-            str(args.max_size),
-            "--out",
-            out,
-        ]
-        cmd += (["--quick"] if args.quick else []) + (
-            ["--repeats", str(args.repeats)] if args.repeats else []
-        )
-        proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        log: list[str] = []
-        start = time.monotonic()
-        timer = threading.Timer(WORKER_TIMEOUT_S, _kill_group, [proc.pid])
-        timer.start()
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:  # progress lines; the rest is kept for errors
-                log.append(line)
-                if line.endswith(" done\n") or " failed: " in line:
-                    print(f"  {line.strip()}  ({time.monotonic() - start:.0f} s)", flush=True)
-            proc.wait()
-        finally:
-            timer.cancel()
-            _kill_group(proc.pid)  # whatever the framework left in the worker's session
-        if time.monotonic() - start >= WORKER_TIMEOUT_S:
-            return {"skipped": f"timed out after {WORKER_TIMEOUT_S} s", "log": "".join(log)[-3000:]}
-        if proc.returncode != 0 or not os.path.exists(out):
-            return {
-                "skipped": f"worker failed (exit {proc.returncode})",
-                "log": "".join(log)[-3000:],
-            }
-        result = json.loads(Path(out).read_text())
-        result["wall_s"] = round(time.monotonic() - start, 1)
-        return result
+    cmd = [python, str(Path(__file__).resolve()), "--worker", "--config", cfg.key,
+           "--max-size", str(args.max_size)]
+    cmd += (["--quick"] if args.quick else []) + (
+        ["--repeats", str(args.repeats)] if args.repeats else [])
+    start = time.monotonic()
+
+    def progress(line: str) -> None:  # the worker's progress lines; the rest is kept
+        if line.endswith(" done") or " failed: " in line:
+            print(f"  {line.strip()}  ({time.monotonic() - start:.0f} s)", flush=True)
+    return run_json(cmd, timeout_s=WORKER_TIMEOUT_S, env=env, cwd=ROOT, echo=progress)
 
 
 def summarize(samples: list[float], size: int) -> dict[str, float]:

@@ -32,16 +32,15 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.core import RESULTS, ROOT, _kill_group, _shown, machine_info, worker_env  # noqa: E402
+from benchmarks._runner import run_json  # noqa: E402
+from benchmarks.core import RESULTS, ROOT, _shown, machine_info, worker_env  # noqa: E402
 
 NODES = (10, 100, 1000)
 REQUESTS = (100, 1000, 10000)
@@ -174,23 +173,11 @@ def worker_main(name: str, repeats: int, out_path: str) -> None:
 
 
 def run_worker(name: str, python: str, repeats: int) -> dict[str, Any]:
-    """Measure one framework in a fresh subprocess (its own session, killed on failure)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out_path = os.path.join(tmp, "result.json")
-        cmd = [python, str(Path(__file__).resolve()), "--worker", "--framework", name,
-               "--repeats", str(repeats), "--out", out_path]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=worker_env(name), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        try:
-            log, _ = proc.communicate(timeout=WORKER_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
-            log, _ = proc.communicate()
-            return {"skipped": f"timed out after {WORKER_TIMEOUT_S} s", "log": log[-3000:]}
-        if proc.returncode != 0 or not os.path.exists(out_path):
-            _kill_group(proc.pid)
-            return {"skipped": f"worker failed (exit {proc.returncode})", "log": log[-3000:]}
-        result = json.loads(Path(out_path).read_text())
+    """Measure one framework in a fresh subprocess; never leave its processes behind."""
+    cmd = [python, str(Path(__file__).resolve()), "--worker", "--framework", name,
+           "--repeats", str(repeats)]
+    result = run_json(cmd, timeout_s=WORKER_TIMEOUT_S, env=worker_env(name), cwd=ROOT,
+                      echo=None)
     if "samples" in result:
         result["metrics"] = {k: {"median": statistics.median(v), "min": min(v), "max": max(v)}
                              for k, v in result["samples"].items()}

@@ -48,7 +48,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.core import RESULTS, ROOT, _kill_group, _shown, machine_info, worker_env  # noqa: E402
+from benchmarks._runner import run_json  # noqa: E402
+from benchmarks.core import RESULTS, ROOT, _shown, machine_info, worker_env  # noqa: E402
 
 FRAMEWORKS = ("raylite", "ray")
 REPLICAS = (1, 2)
@@ -183,23 +184,10 @@ def run_worker(name: str, python: str, seconds: float, repeats: int,
                replicas: tuple[int, ...] = REPLICAS,
                concurrency: tuple[int, ...] = CONCURRENCY) -> dict[str, Any]:
     """Measure one framework in a fresh subprocess; never leave its processes behind."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out_path = os.path.join(tmp, "result.json")
-        cmd = [python, str(Path(__file__).resolve()), "--worker", "--framework", name,
-               "--seconds", str(seconds), "--repeats", str(repeats), "--out", out_path,
-               "--replicas", *map(str, replicas), "--concurrency", *map(str, concurrency)]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=worker_env(name), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        try:
-            log, _ = proc.communicate(timeout=WORKER_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
-            log, _ = proc.communicate()
-            return {"skipped": f"timed out after {WORKER_TIMEOUT_S} s", "log": log[-3000:]}
-        _kill_group(proc.pid)  # whatever the framework left running
-        if proc.returncode != 0 or not os.path.exists(out_path):
-            return {"skipped": f"worker failed (exit {proc.returncode})", "log": log[-3000:]}
-        return json.loads(Path(out_path).read_text())
+    cmd = [python, str(Path(__file__).resolve()), "--worker", "--framework", name,
+           "--seconds", str(seconds), "--repeats", str(repeats),
+           "--replicas", *map(str, replicas), "--concurrency", *map(str, concurrency)]
+    return run_json(cmd, timeout_s=WORKER_TIMEOUT_S, env=worker_env(name), cwd=ROOT, echo=None)
 
 
 def decision_times(points: tuple[int, ...], repeats: int) -> list[dict[str, float]]:
