@@ -213,11 +213,11 @@ def test_memory_resource_and_accelerator_label(monkeypatch):
 
 def test_cancelled_pending_task_leaves_the_demand(cluster):
     ref = square.options(label_selector={"zone": "mars"}).remote(2)
-    wait_for_condition(lambda: st._state("demand")["demand"]["requests"])
+    wait_for_condition(lambda: st.get_state("demand")["demand"]["requests"])
     raylite.cancel(ref)
     with pytest.raises(raylite.exceptions.TaskCancelledError):
         raylite.get(ref, timeout=10)
-    wait_for_condition(lambda: not st._state("demand")["demand"]["requests"])
+    wait_for_condition(lambda: not st.get_state("demand")["demand"]["requests"])
     rec = next(t for t in st.list_tasks() if t["task_id"] == ref.task_id())
     assert rec["state"] == "FAILED" and "TaskCancelledError" in rec["error"]
 
@@ -226,11 +226,11 @@ def test_demand_counts_the_whole_queue(cluster):
     """The owner asks for a few leases at a time but reports its queue: the autoscaler
     sees all 30 waiting tasks, not just the requests in flight."""
     refs = [square.options(resources={"slot": 1}).remote(i) for i in range(30)]
-    wait_for_condition(lambda: sum(r["count"] for r in st._state("demand")["demand"]
+    wait_for_condition(lambda: sum(r["count"] for r in st.get_state("demand")["demand"]
                                    ["requests"]) == 30)
     from raylite.autoscaler.packing import group_demand
 
-    shapes, _ = group_demand(st._state("demand")["demand"])
+    shapes, _ = group_demand(st.get_state("demand")["demand"])
     assert [s.count for s in shapes] == [30]
     for r in refs:
         raylite.cancel(r)

@@ -203,9 +203,9 @@ def get_placement_group(placement_group_name: str) -> PlacementGroup:
 def placement_group_table(placement_group: PlacementGroup | None = None) -> dict:
     """Ray's table: ``{pg_id: {placement_group_id, name, strategy, state, bundles,
     bundles_to_node_id, ...}}``, or one group's entry when ``placement_group`` is given."""
-    from raylite.util.state import _state
+    from raylite.util.state import get_state
 
-    groups = _state("placement_groups")["placement_groups"]
+    groups = get_state("placement_groups")["placement_groups"]
     table = {}
     for info in groups:
         entry = dict(info)

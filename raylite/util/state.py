@@ -30,25 +30,33 @@ from raylite.core import protocol as P
 from raylite.core import store
 from raylite.core.runtime_api import require_core
 
-__all__ = ["StateList", "list_nodes", "list_workers", "list_actors", "list_tasks",
-           "list_objects", "list_placement_groups", "get_autoscaler_status", "timeline",
-           "subscribe", "EventStream", "summarize_tasks"]
+__all__ = ["StateList", "get_state", "current_session", "list_nodes", "list_workers",
+           "list_actors", "list_tasks", "list_objects", "list_placement_groups",
+           "get_autoscaler_status", "timeline", "subscribe", "EventStream", "summarize_tasks"]
 
 
-def _state(*sections: str, limit: int | None = None, core=None,
-           timeout: float | None = 30.0) -> dict:
-    """The head's state sections in one round trip. Given ``core`` (a background reader,
-    e.g. the widgets), it asks through that core only, never starts a cluster, and gives
-    up as soon as that core is shut down."""
+def current_session():
+    """An opaque token for this process's connection to a cluster: None before
+    ``init()`` and after ``shutdown()``, a new one after each ``init()``. Background
+    readers (the widgets) keep it and pass it as ``session=`` (a raylite extension)."""
+    from raylite.core import runtime
+
+    return runtime.core
+
+
+def get_state(*sections: str, limit: int | None = None, session=None,
+              timeout: float | None = 30.0) -> dict:
+    """The head's state sections (nodes, workers, actors, placement_groups, tasks,
+    demand, autoscaler; all when none is named) in one round trip: what the ``list_*``
+    functions read. Given ``session`` (from :func:`current_session`) it never starts a
+    cluster and gives up as soon as that session ends."""
     body = {"sections": list(sections)}
     if limit:
         body["limit"] = limit
-    if core is None:
+    if session is None:
         return require_core().request_head(P.GET_STATE, body, timeout)
-    from raylite.core import runtime
-
-    return core.request_head(P.GET_STATE, body, timeout,
-                             abort=lambda: runtime.core is not core)
+    return session.request_head(P.GET_STATE, body, timeout,
+                                abort=lambda: current_session() is not session)
 
 
 class StateList(list):
@@ -100,7 +108,7 @@ def list_nodes(filters=None, limit: int | None = None, as_df: bool = False, deta
     """Nodes: id, state (ALIVE/DEAD), resources and what is available, labels, object
     store use, idle time."""
     recs = []
-    for n in _state("nodes")["nodes"]:
+    for n in get_state("nodes")["nodes"]:
         r = dict(n)
         r["state"] = "ALIVE" if n["alive"] else "DEAD"
         r["resources_total"] = r.pop("resources")
@@ -111,13 +119,13 @@ def list_nodes(filters=None, limit: int | None = None, as_df: bool = False, deta
 
 def list_workers(filters=None, limit: int | None = None, as_df: bool = False, detail=False):
     """Worker processes: id, node, pid, state (idle / leased / actor), what they hold."""
-    return _apply(_state("workers")["workers"], filters, limit, "workers", as_df)
+    return _apply(get_state("workers")["workers"], filters, limit, "workers", as_df)
 
 
 def list_actors(filters=None, limit: int | None = None, as_df: bool = False, detail=False):
     """Actors: id, class, name, state (PENDING / ALIVE / RESTARTING / DEAD), node, pid."""
     recs = []
-    for a in _state("actors")["actors"]:
+    for a in get_state("actors")["actors"]:
         r = {k: v for k, v in a.items() if k not in ("meta", "addr", "core_addr")}
         r["actor_id"] = a["actor_id"].hex() if isinstance(a["actor_id"], bytes) \
             else a["actor_id"]
@@ -131,13 +139,13 @@ def list_tasks(filters=None, limit: int | None = None, as_df: bool = False, deta
     """Tasks and actor calls (the most recent 20,000): name, state
     (PENDING_NODE_ASSIGNMENT / RUNNING / FINISHED / FAILED), node, worker, times."""
     _flush_own_task_events()
-    return _apply(_state("tasks")["tasks"], filters, limit, "tasks", as_df)
+    return _apply(get_state("tasks")["tasks"], filters, limit, "tasks", as_df)
 
 
 def list_placement_groups(filters=None, limit: int | None = None, as_df: bool = False,
                           detail=False):
     """Placement groups: id, name, strategy, state, and each bundle's node."""
-    return _apply(_state("placement_groups")["placement_groups"], filters, limit,
+    return _apply(get_state("placement_groups")["placement_groups"], filters, limit,
                   "placement groups", as_df)
 
 
@@ -189,7 +197,7 @@ def list_objects(filters=None, limit: int | None = None, as_df: bool = False, de
 def get_autoscaler_status() -> dict | None:
     """The autoscaler's last report (node types, counts, pending demand, decisions,
     unavailable types), or None when no autoscaler runs."""
-    return _state("autoscaler")["autoscaler"]
+    return get_state("autoscaler")["autoscaler"]
 
 
 def summarize_tasks() -> dict:
@@ -257,7 +265,7 @@ class EventStream:
     satisfy), ``log`` (worker output). Task events flow only while someone subscribes.
     """
 
-    def __init__(self, topics=None, callback=None, maxsize: int = 10000, core=None):
+    def __init__(self, topics=None, callback=None, maxsize: int = 10000, session=None):
         import zmq
 
         from raylite.core.object_ref import new_id
@@ -267,7 +275,7 @@ class EventStream:
         bad = [t for t in topics if t not in TOPICS]
         if bad:
             raise ValueError(f"Unknown event topics {bad}; choose from {sorted(TOPICS)}")
-        core = core or require_core()
+        core = session or require_core()
         self._core = core
         self.topics = topics
         self.callback = callback

@@ -68,10 +68,10 @@ class LiveView:
     poll_interval = 2.0                  # refresh this often even without events
 
     def __init__(self, live: bool = True):
-        from raylite.core import runtime
+        from raylite.util.state import current_session
 
         self._lock = threading.RLock()
-        self._core = runtime.core
+        self._core = current_session()
         self._state: dict | None = None
         self._status = ""
         self._last_refresh = 0.0
@@ -104,14 +104,13 @@ class LiveView:
 
     def refresh(self) -> None:
         """Read the state now and update the view (live views do this by themselves)."""
-        from raylite.core import runtime
-        from raylite.util.state import _state
+        from raylite.util.state import current_session, get_state
 
         core = self._core
-        if core is None or runtime.core is not core:
+        if core is None or current_session() is not core:
             return
         sections = self._sections_now()
-        state = _state(*sections, core=core, timeout=updater.READ_TIMEOUT) if sections \
+        state = get_state(*sections, session=core, timeout=updater.READ_TIMEOUT) if sections \
             else {"time": time.time()}
         self._apply(self._extend(state))
 

@@ -88,7 +88,7 @@ class ServeView(LiveView):
         """``serve.status()``'s data, asked of the controller without ever starting Serve
         and without waiting past :data:`updater.READ_TIMEOUT` or a ``shutdown()``."""
         import raylite
-        from raylite.core import runtime
+        from raylite.util.state import current_session
 
         ctrl = self._controller or self._lookup()
         if ctrl is None:
@@ -97,14 +97,14 @@ class ServeView(LiveView):
             ref = ctrl.get_status.remote()
             deadline = time.monotonic() + updater.READ_TIMEOUT
             while not raylite.wait([ref], timeout=READ_STEP_S)[0]:
-                if runtime.core is not self._core:
+                if current_session() is not self._core:
                     raise RuntimeError("raylite was shut down")
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no answer in {updater.READ_TIMEOUT:g} s")
             return RS.normalize(raylite.get(ref))
         except Exception:
             self._controller = None
-            if runtime.core is self._core and self._lookup() is None:
+            if current_session() is self._core and self._lookup() is None:
                 return None  # Serve was shut down between two reads
             raise
 

@@ -87,7 +87,7 @@ class Updater:
             self.mark(hit)
 
     def _run(self) -> None:
-        from raylite.core import runtime
+        from raylite.util.state import current_session
 
         reason = None
         try:
@@ -99,7 +99,7 @@ class Updater:
                         self._stopped = True  # under the lock: add() now says no
                         break
                     views, dirty = list(self.views), set(self.dirty)
-                if runtime.core is not self.core:
+                if current_session() is not self.core:
                     reason = "raylite.shutdown() was called; showing the last state"
                     break
                 now = time.monotonic()
@@ -127,11 +127,11 @@ class Updater:
                 v._detached(reason or "stopped")
 
     def _refresh(self, views) -> None:
-        from raylite.util.state import _state
+        from raylite.util.state import get_state
 
         sections = sorted({s for v in views for s in v.sections})
         try:  # views that need no head state (a ServeView) skip the round trip
-            state = _state(*sections, core=self.core, timeout=READ_TIMEOUT) if sections \
+            state = get_state(*sections, session=self.core, timeout=READ_TIMEOUT) if sections \
                 else {"time": time.time()}
         except Exception as e:
             self.failures += 1
@@ -160,7 +160,7 @@ class Updater:
             old, topics = self.stream, self.stream_topics | want
             try:
                 self.stream = EventStream(sorted(topics), callback=self._on_event,
-                                          core=self.core)
+                                          session=self.core)
             except Exception as e:  # views still refresh by polling
                 log.warning("raylite widgets: no event stream (%s); polling only", e)
                 self.stream = None
@@ -173,10 +173,10 @@ def attach(view) -> Updater | None:
     """Register a live view with the shared updater (started on first use, or again
     after a shutdown and a new ``init``); None when raylite is not initialized."""
     global _updater
-    from raylite.core import runtime
+    from raylite.util.state import current_session
 
     with _lock:
-        core = runtime.core
+        core = current_session()
         if core is None:
             return None
         if _updater is None or _updater.core is not core or not _updater.add(view):
