@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 
 import pytest
 
@@ -233,15 +232,21 @@ def test_failed_health_check_replaces_the_replica(serve_url):
 
 
 def test_graceful_shutdown_lets_requests_finish(serve_url):
+    started = raylite.remote(num_cpus=0)(SignalActor).remote()
+
     @serve.deployment(ray_actor_options=NO_CPU, graceful_shutdown_timeout_s=10)
     class Slow:
+        def __init__(self, started):
+            self.started = started
+
         async def __call__(self):
+            await self.started.send.remote()
             await asyncio.sleep(0.8)
             return "finished"
 
-    h = serve.run(Slow.bind(), name="grace", route_prefix=None)
+    h = serve.run(Slow.bind(started), name="grace", route_prefix=None)
     pending = h.remote()
-    time.sleep(0.1)  # the request is running on the replica
+    raylite.get(started.wait.remote(), timeout=10)  # the request runs on the replica
     serve.delete("grace")
     assert pending.result(timeout_s=10) == "finished"
 
