@@ -333,9 +333,7 @@ class CoreWorker:
             self._report_backlogs()
         if self._task_log and now - self._last_task_flush > TASK_EVENTS_S:
             self._last_task_flush = now
-            with self._lock:
-                records, self._task_log = list(self._task_log.values()), {}
-            self.send_head(P.TASK_EVENTS, {"records": records})
+            self.flush_task_events()
         if self.mode == "driver" and now - self._last_heartbeat > 1.0:
             self._last_heartbeat = now
             self.send_head(P.HEARTBEAT, {"job_id": self.job_id, "core_addr": self.addr})
@@ -833,6 +831,13 @@ class CoreWorker:
             rec = self._task_record(t.task_id)
             rec[5], rec[6], rec[7] = time.time(), lease.node_id, lease.worker_id
         self.outbox.send(lease.addr, P.encode(P.EXECUTE, body))
+
+    def flush_task_events(self) -> None:
+        """Send the task records gathered since the last batch to the head now."""
+        with self._lock:
+            records, self._task_log = list(self._task_log.values()), {}
+        if records:
+            self.send_head(P.TASK_EVENTS, {"records": records})
 
     def _report_backlogs(self) -> None:
         """Tell the head how many tasks wait behind each shape's lease requests when that

@@ -138,7 +138,7 @@ def list_actors(filters=None, limit: int | None = None, as_df: bool = False, det
 def list_tasks(filters=None, limit: int | None = None, as_df: bool = False, detail=False):
     """Tasks and actor calls (the most recent 20,000): name, state
     (PENDING_NODE_ASSIGNMENT / RUNNING / FINISHED / FAILED), node, worker, times."""
-    _flush_own_task_events()
+    require_core().flush_task_events()  # a list right after a get sees its tasks end
     return _apply(get_state("tasks")["tasks"], filters, limit, "tasks", as_df)
 
 
@@ -207,16 +207,6 @@ def summarize_tasks() -> dict:
         out.setdefault(t["name"], {}).setdefault(t["state"], 0)
         out[t["name"]][t["state"]] += 1
     return out
-
-
-def _flush_own_task_events() -> None:
-    """Send this process's pending task records now, so a list right after a get sees
-    its tasks finished."""
-    core = require_core()
-    with core._lock:
-        records, core._task_log = list(core._task_log.values()), {}
-    if records:
-        core.send_head(P.TASK_EVENTS, {"records": records})
 
 
 def timeline(filename: str | None = None):
