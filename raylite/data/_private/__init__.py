@@ -1,0 +1,1 @@
+"""raylite.data's implementation: the plan (ops), the streaming executor, splits."""
