@@ -1,0 +1,44 @@
+"""The engine's options (``engine_kwargs`` in ``LLMConfig``): unknown keys raise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class EngineConfig:
+    """Options of raylite's engine. Names follow vLLM's where vLLM has the option
+    (``block_size``, ``max_num_seqs``, ``max_num_batched_tokens``, ``max_model_len``,
+    ``enable_prefix_caching``, ``enable_chunked_prefill``, ``tensor_parallel_size``,
+    ``dtype``, ``seed``); the KV cache is sized by ``num_kv_blocks`` or
+    ``kv_cache_memory_mb`` instead of vLLM's ``gpu_memory_utilization``.
+    ``attention_backend``: "sparse" (read blocks in place) or "gather" (copy them)."""
+
+    block_size: int = 16
+    num_kv_blocks: int | None = None
+    kv_cache_memory_mb: float = 256.0
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    device: str = "auto"
+    dtype: str = "auto"
+    attention_backend: str = "sparse"
+    tensor_parallel_size: int = 1
+    seed: int = 0
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict | None) -> EngineConfig:
+        kwargs = dict(kwargs or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ValueError(f"unknown engine_kwargs {unknown}; known: {sorted(known)}")
+        cfg = cls(**kwargs)
+        if cfg.block_size < 1 or cfg.max_num_seqs < 1 or cfg.max_num_batched_tokens < 1:
+            raise ValueError("block_size, max_num_seqs and max_num_batched_tokens must be "
+                             ">= 1")
+        if cfg.attention_backend not in ("sparse", "gather"):
+            raise ValueError("attention_backend must be 'sparse' or 'gather'")
+        return cfg
