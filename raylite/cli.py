@@ -6,9 +6,14 @@
     raylite status [--address HOST:PORT]
     raylite stop
 
-A head bound to anything but 127.0.0.1 gets a random token, printed with the join
-command; every node and driver must present it (``--token`` or ``RAYLITE_TOKEN``).
-The processes are detached from the shell; their pids are kept under /tmp/raylite.
+Every head gets a random token (unless ``--token`` gives one), printed with the join
+command and kept in /tmp/raylite/cluster.json (mode 0600); every node and driver must
+present it (``--token`` or ``RAYLITE_TOKEN``; on the head's machine the file is read).
+Off loopback all traffic is encrypted (CURVE). ``--node-ip-address`` is the address this
+node listens on and the other hosts reach it by (default: 127.0.0.1 for a head, and for
+a joining node the address of its route to the head). The processes are detached from
+the shell; their pids are kept under /tmp/raylite, and ``raylite stop`` only signals a
+pid whose command line is still that raylite process's.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ from raylite.core import store
 from raylite.core.driver import (
     SESSION_FILE_DIR,
     LocalCluster,
+    local_ip_for,
     new_session_id,
     query_head,
     resolve_address,
 )
+from raylite.core.transport import MissingTokenError, is_loopback
 
 CLUSTER_FILE = os.path.join(SESSION_FILE_DIR, "cluster.json")
 PIDS_DIR = os.path.join(SESSION_FILE_DIR, "pids")
@@ -50,10 +57,40 @@ def parse_labels(text: str | None) -> dict:
     return labels
 
 
+def write_private(path: str, data: dict) -> None:
+    """Write a JSON file that only this user can read, atomically: it is created 0600
+    under a temporary name and renamed into place, so its content is never readable by
+    others, not even for a moment, and a reader never sees half of it."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+_ROLE_MODULE = {"head": "raylite.core.head", "agent": "raylite.core.agent"}
+
+
 def _record_pid(pid: int, role: str, session: str) -> None:
-    os.makedirs(PIDS_DIR, exist_ok=True)
-    with open(os.path.join(PIDS_DIR, f"{pid}.json"), "w") as f:
-        json.dump({"pid": pid, "role": role, "session": session}, f)
+    write_private(os.path.join(PIDS_DIR, f"{pid}.json"),
+                  {"pid": pid, "role": role, "session": session})
+
+
+def _is_ours(rec: dict) -> bool:
+    """True when the recorded pid still runs the raylite process we started (pids are
+    reused: a stale file must never make `raylite stop` kill someone else's process)."""
+    try:
+        with open(f"/proc/{int(rec['pid'])}/cmdline", "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+    except (OSError, ValueError, KeyError):
+        return False
+    return _ROLE_MODULE.get(rec.get("role")) in argv and rec.get("session") in argv
 
 
 def _node_args(args) -> dict:
@@ -67,26 +104,33 @@ def cmd_start(args) -> int:
     if args.object_store_memory:
         os.environ[store.CAPACITY_ENV] = str(args.object_store_memory)
     if args.head:
-        token = args.token or (None if host in ("127.0.0.1", "localhost")
-                               else secrets.token_hex(16))
+        host = host or "127.0.0.1"
+        token = args.token or secrets.token_hex(16)
         cluster = LocalCluster(new_session_id(), host=host, token=token, detached=True)
         cluster.start_head(args.port, wait_ready=True)
         cluster.add_node(**_node_args(args))
         address = cluster.address
-        query_head(address, P.CLUSTER_INFO, token=token, timeout=20)
-        os.makedirs(SESSION_FILE_DIR, exist_ok=True)
-        with open(CLUSTER_FILE, "w") as f:
-            json.dump({"address": address, "token": token, "session": cluster.session}, f)
-        os.chmod(CLUSTER_FILE, 0o600)
+        query_head(address, P.CLUSTER_INFO, token=token, timeout=20, bind_host=host)
+        write_private(CLUSTER_FILE, {"address": address, "token": token,
+                                     "session": cluster.session})
         _record_pid(cluster.head.pid, "head", cluster.session)
         for proc in cluster.agents.values():
             _record_pid(proc.pid, "agent", cluster.session)
         hostport = address.replace("tcp://", "")
         print(f"raylite head started at {hostport} (session {cluster.session}).")
-        join = f"raylite start --address {hostport}" + (f" --token {token}" if token else "")
+        if is_loopback(host):
+            join = f"raylite start --address {hostport} --token {token}"
+            connect = f"raylite.init(address={hostport!r}, _token={token!r})"
+        else:  # the new node must listen on an address the head (and others) can reach
+            join = (f"raylite start --address {hostport} --token {token} "
+                    "--node-ip-address NODE_IP")
+            connect = (f"raylite.init(address={hostport!r}, _token={token!r}, "
+                       "_node_ip_address=NODE_IP)")
         print(f"To add a node:    {join}")
-        print(f"To connect:       raylite.init(address={hostport!r}"
-              + (f", _token={token!r})" if token else ")"))
+        print(f"To connect:       {connect}")
+        if not is_loopback(host):
+            print("                  (NODE_IP: the address of that machine which the "
+                  "others reach; by default its route to the head)")
         print("To stop:          raylite stop")
         return 0
     if not args.address:
@@ -94,7 +138,8 @@ def cmd_start(args) -> int:
         return 2
     address, token = resolve_address(args.address)
     token = args.token or token
-    info = query_head(address, P.CLUSTER_INFO, token=token, timeout=10)
+    host = host or local_ip_for(address)
+    info = query_head(address, P.CLUSTER_INFO, token=token, timeout=10, bind_host=host)
     cluster = LocalCluster(info["session"], host=host, token=token, detached=True)
     cluster.address = address
     node_id = cluster.add_node(**_node_args(args))
@@ -130,18 +175,25 @@ def cmd_stop(args) -> int:
         with open(path) as f:
             rec = json.load(f)
         sessions.add(rec["session"])
-        try:
-            os.kill(rec["pid"], signal.SIGTERM)
-            stopped.append(rec["pid"])
-        except ProcessLookupError:
-            pass
+        if _is_ours(rec):
+            try:
+                os.kill(rec["pid"], signal.SIGTERM)
+                stopped.append(rec["pid"])
+            except ProcessLookupError:
+                pass
+        else:
+            print(f"skipped pid {rec.get('pid')}: it is no longer the raylite "
+                  f"{rec.get('role')} recorded", file=sys.stderr)
         os.unlink(path)
     deadline = time.monotonic() + 5
     for pid in stopped:
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.05)
         if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     for session in sessions:
         store.remove_dir(store.session_dir(session))
     if os.path.exists(CLUSTER_FILE):
@@ -174,15 +226,20 @@ def main(argv=None) -> int:
     st.add_argument("--labels", help="k=v,k2=v2")
     st.add_argument("--object-store-memory", type=int,
                     help="bytes of shared memory per node before objects spill to disk")
-    st.add_argument("--node-ip-address", default="127.0.0.1",
-                    help="interface to listen on (default 127.0.0.1; anything else needs a token)")
+    st.add_argument("--node-ip-address", default=None,
+                    help="address to listen on, which the other hosts reach (default: "
+                         "127.0.0.1 for a head; a joining node's route to the head)")
     st.add_argument("--token", default=os.environ.get("RAYLITE_TOKEN"))
     s2 = sub.add_parser("status", help="show the cluster's nodes and resources")
     s2.add_argument("--address")
     s2.add_argument("--token", default=os.environ.get("RAYLITE_TOKEN"))
     sub.add_parser("stop", help="stop the raylite processes started on this machine")
     args = ap.parse_args(argv)
-    return {"start": cmd_start, "status": cmd_status, "stop": cmd_stop}[args.cmd](args)
+    try:
+        return {"start": cmd_start, "status": cmd_status, "stop": cmd_stop}[args.cmd](args)
+    except (ConnectionError, MissingTokenError) as e:
+        print(f"raylite {args.cmd}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

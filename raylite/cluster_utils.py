@@ -46,9 +46,16 @@ class Cluster:
     def address(self) -> str:
         return self._local.address.replace("tcp://", "")
 
+    @property
+    def token(self) -> str:
+        """The cluster's secret (a raylite extension: every raylite cluster has one)."""
+        return self._local.token
+
     def connect(self, **init_kwargs):
+        """Connect this process as a driver, with the cluster's token."""
         import raylite
 
+        init_kwargs.setdefault("_token", self.token)
         ctx = raylite.init(address=self.address, **init_kwargs)
         self._connected = True
         return ctx
@@ -76,7 +83,7 @@ class Cluster:
         return list(self._nodes)
 
     def _alive_ids(self) -> set[str]:
-        info = query_head(self._local.address, P.CLUSTER_INFO)
+        info = query_head(self._local.address, P.CLUSTER_INFO, token=self.token)
         return {n["node_id"] for n in info["nodes"] if n["alive"]}
 
     def wait_for_nodes(self, timeout: float = 30.0) -> None:

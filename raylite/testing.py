@@ -103,3 +103,11 @@ class CounterActor:
 
     def get(self):
         return self.n
+
+
+def serve_auth_headers() -> dict:
+    """The header Serve's REST API wants on requests that change something: the
+    connected cluster's token as a bearer token (a raylite extension)."""
+    import raylite
+
+    return {"Authorization": f"Bearer {raylite.get_runtime_context().get_cluster_token()}"}

@@ -45,9 +45,10 @@ def test_cli_head_and_second_node_run_tasks_on_both(cli):
     port = _free_port()
     out = cli("start", "--head", "--port", str(port), "--num-cpus", "1", "--labels", "zone=a")
     assert f"127.0.0.1:{port}" in out
+    token = re.search(r"--token ([0-9a-f]+)", out).group(1)  # loopback heads have one too
     cli("start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--labels", "zone=b")
     wait_for_condition(lambda: cli("status").count("alive") == 2)
-    raylite.init(address=f"127.0.0.1:{port}")
+    raylite.init(address=f"127.0.0.1:{port}", _token=token)
     try:
         @raylite.remote
         def where():

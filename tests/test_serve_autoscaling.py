@@ -9,6 +9,7 @@ import pytest
 import raylite
 from raylite import serve
 from raylite.testing import SignalActor, wait_for_condition
+from raylite.testing import serve_auth_headers as AUTH
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -79,14 +80,14 @@ def test_downscaling_stops_the_newest_replicas(serve_url):
         return [r for r in dep["replicas"] if r["state"] == "RUNNING"], dep["replicas"]
 
     first = replicas()[0][0]["replica_id"]
-    assert httpx.post(url, json={"target_num_replicas": 3}).status_code == 200
+    assert httpx.post(url, headers=AUTH(), json={"target_num_replicas": 3}).status_code == 200
     wait_for_condition(lambda: len(replicas()[0]) == 3, timeout=20)
     by_age = [r["replica_id"] for r in sorted(replicas()[0], key=lambda r: r["start_time_s"])]
     assert by_age[0] == first
-    assert httpx.post(url, json={"target_num_replicas": 2}).status_code == 200
+    assert httpx.post(url, headers=AUTH(), json={"target_num_replicas": 2}).status_code == 200
     wait_for_condition(lambda: len(replicas()[1]) == 2, timeout=20)
     assert [r["replica_id"] for r in replicas()[1]] == by_age[:2]  # the newest went
-    assert httpx.post(url, json={"target_num_replicas": 1}).status_code == 200
+    assert httpx.post(url, headers=AUTH(), json={"target_num_replicas": 1}).status_code == 200
     wait_for_condition(lambda: len(replicas()[1]) == 1, timeout=20)
     assert replicas()[1][0]["replica_id"] == first
     serve.delete("order")

@@ -15,6 +15,7 @@ import pytest
 import raylite
 from raylite import serve
 from raylite.testing import SignalActor, wait_for_condition
+from raylite.testing import serve_auth_headers as AUTH
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -275,23 +276,24 @@ def test_external_scaler_endpoint(serve_url):
     serve.run(ext.bind(), name="ext", route_prefix="/ext", external_scaler_enabled=True)
     serve.run(ext.bind(), name="noext", route_prefix="/noext")
     url = f"{serve_url}/api/v1/applications/ext/deployments/ext/scale"
-    r = httpx.post(url, json={"target_num_replicas": 3}, timeout=10)
+    r = httpx.post(url, headers=AUTH(), json={"target_num_replicas": 3}, timeout=10)
     assert r.status_code == 200, r.text
 
     def running():
         return serve.status().applications["ext"].deployments["ext"].running_replicas
     wait_for_condition(lambda: running() == 3, timeout=20)
-    assert httpx.post(url, json={"target_num_replicas": 1}, timeout=10).status_code == 200
+    r = httpx.post(url, headers=AUTH(), json={"target_num_replicas": 1}, timeout=10)
+    assert r.status_code == 200
     wait_for_condition(lambda: running() == 1, timeout=20)
     for body in ({"target_num_replicas": -1}, {"target_num_replicas": "2"}, {"n": 1}, [1]):
-        assert httpx.post(url, json=body, timeout=10).status_code == 400, body
-    assert httpx.post(url, content=b"{bad", timeout=10).status_code == 400
+        assert httpx.post(url, headers=AUTH(), json=body, timeout=10).status_code == 400, body
+    assert httpx.post(url, headers=AUTH(), content=b"{bad", timeout=10).status_code == 400
     bad_app = f"{serve_url}/api/v1/applications/nope/deployments/ext/scale"
-    assert httpx.post(bad_app, json={"target_num_replicas": 1}).status_code == 400
+    assert httpx.post(bad_app, headers=AUTH(), json={"target_num_replicas": 1}).status_code == 400
     bad_dep = f"{serve_url}/api/v1/applications/ext/deployments/nope/scale"
-    assert httpx.post(bad_dep, json={"target_num_replicas": 1}).status_code == 400
+    assert httpx.post(bad_dep, headers=AUTH(), json={"target_num_replicas": 1}).status_code == 400
     not_enabled = f"{serve_url}/api/v1/applications/noext/deployments/ext/scale"
-    r = httpx.post(not_enabled, json={"target_num_replicas": 2})
+    r = httpx.post(not_enabled, headers=AUTH(), json={"target_num_replicas": 2})
     assert r.status_code == 412 and "external_scaler_enabled" in r.json()["error"]
     assert get(url).status_code == 405
     serve.delete("ext")
@@ -337,7 +339,7 @@ def test_put_declarative_config_then_delete_shuts_serve_down(serve_url):
         {"name": "cfg2", "route_prefix": "/cfg2", "import_path": "serve_apps:build",
          "args": {"greeting": "howdy"}},
     ]}
-    r = httpx.put(url, json=config, timeout=30)
+    r = httpx.put(url, headers=AUTH(), json=config, timeout=30)
     assert r.status_code == 200, r.text
 
     def apps():
@@ -350,13 +352,13 @@ def test_put_declarative_config_then_delete_shuts_serve_down(serve_url):
     assert get(f"{serve_url}/cfg2").text == "howdy world"
     # a new config replaces the old one: cfg2 goes
     config["applications"] = config["applications"][:1]
-    assert httpx.put(url, json=config, timeout=30).status_code == 200
+    assert httpx.put(url, headers=AUTH(), json=config, timeout=30).status_code == 200
     wait_for_condition(lambda: "cfg2" not in apps(), timeout=20)
     bad = {"applications": [{"name": "x", "import_path": "no_such_module:app"}]}
-    r = httpx.put(url, json=bad, timeout=30)
+    r = httpx.put(url, headers=AUTH(), json=bad, timeout=30)
     assert r.status_code == 400 and "no_such_module" in r.text
-    assert httpx.put(url, content=b"nope", timeout=10).status_code == 400
-    assert httpx.delete(url, timeout=10).status_code == 200
+    assert httpx.put(url, headers=AUTH(), content=b"nope", timeout=10).status_code == 400
+    assert httpx.delete(url, headers=AUTH(), timeout=10).status_code == 200
 
     def down():
         try:

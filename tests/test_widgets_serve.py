@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 import raylite
-from raylite.testing import wait_for_condition
+from raylite.testing import serve_auth_headers, wait_for_condition
 from raylite.widgets import render_serve as RS
 from raylite.widgets import updater
 
@@ -184,19 +184,24 @@ def test_serve_view_live_scaling_topology_and_stops():
         wait_for_condition(lambda: 'data-from="Front" data-to="Model"' in
                            view._topology.value, timeout=10)
         assert 'data-deployment="Front" data-ingress="true"' in view._topology.value
-        r = httpx.post(f"{base}/api/v1/applications/calc/deployments/Model/scale",
-                       json={"target_num_replicas": 3}, timeout=10)
-        assert r.status_code == 200, r.text
 
         def card(name: str) -> str:
             return next((c.value for c in view._box.children
                          if f'data-deployment="{name}"' in c.value), "")
+        # the view's first readings may come before Model's replica runs (0 running)
+        wait_for_condition(lambda: "<b>1</b>/1 replicas running" in card("Model"),
+                           timeout=20)
+        r = httpx.post(f"{base}/api/v1/applications/calc/deployments/Model/scale",
+                       json={"target_num_replicas": 3}, timeout=10,
+                       headers=serve_auth_headers())
+        assert r.status_code == 200, r.text
         wait_for_condition(lambda: "<b>3</b>/3 replicas running" in card("Model"),
                            timeout=20)
         assert "running replicas (3)" in card("Model") and "3/3 replicas" in \
             view._topology.value and "<b>1</b>/1 replicas" in card("Front")
         seen = [h["running"] for h in view.history() if h["deployment"] == "Model"]
-        assert seen[0] == 1 and seen[-1] == 3  # the chart's history: 1, then 3
+        # the chart's history, in order: (0 while starting), 1 before the scale, then 3
+        assert seen == sorted(seen) and 1 in seen and seen[-1] == 3, seen
         assert "Model: HEALTHY, 3/3 replicas" in repr(view)
         # a second view of the same status, drawn from the REST payload, without a cluster
         static = ServeView(httpx.get(f"{base}/api/serve/applications/", timeout=10).json())

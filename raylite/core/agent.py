@@ -156,7 +156,8 @@ class Agent:
             "warm": self.warm})
         handlers = {P.SPAWN_WORKER: self.on_spawn, P.KILL_WORKER: self.on_kill_worker,
                     P.PULL: self.transfers.on_pull,
-                    P.FETCH_CHUNK: self.transfers.on_fetch_chunk, P.SHUTDOWN: self.on_shutdown}
+                    P.FETCH_CHUNK: self.transfers.on_fetch_chunk, P.SHUTDOWN: self.on_shutdown,
+                    P.CHUNK: self.transfers.on_chunk}
         poller = self.poller = zmq.Poller()
         poller.register(self.inbox, zmq.POLLIN)
         poller.register(self.zygote_sock.fileno(), zmq.POLLIN)
@@ -175,11 +176,18 @@ class Agent:
                         frames = self.inbox.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    mtype, body, bufs = P.decode(frames)
-                    if mtype == P.CHUNK:
-                        self.transfers.on_chunk(body, bufs)
-                    else:
-                        handlers[mtype](body)
+                    try:
+                        mtype, handler, body, bufs = P.route(frames, handlers, "an agent")
+                    except P.InvalidMessage as e:
+                        log.warning("agent: dropped an invalid message: %s", e)
+                        continue
+                    try:
+                        if mtype == P.CHUNK:
+                            handler(body, bufs)
+                        else:
+                            handler(body)
+                    except Exception:  # one failing handler must not end the node
+                        log.exception("agent: error handling %s", mtype.decode())
             if wake in ready:
                 drain_fd(wake)
             if self.zygote_sock.fileno() in ready:

@@ -84,14 +84,19 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
          ignore_reinit_error: bool = False, log_to_driver: bool = True, nodes=None,
          runtime_env=None, enable_zero_copy_torch_tensors: bool | None = None,
          autoscaler=None,
-         _node_ip_address: str = "127.0.0.1", _token: str | None = None,
+         _node_ip_address: str | None = None, _token: str | None = None,
          **_ignored) -> RayliteContext:
     """Start a local cluster (or connect to one with ``address``) and return its context.
 
     ``nodes=[{"num_cpus": 1, "labels": {...}}, ...]`` starts several *virtual nodes*, each
     with its own agent, store, resources and labels (a raylite extension). ``address`` may
-    be ``"auto"``, ``"host:port"`` or ``"tcp://host:port"``; a cluster that listens on a
-    network interface needs its token (``_token`` or ``RAYLITE_TOKEN``). Options Ray has
+    be ``"auto"``, ``"host:port"`` or ``"tcp://host:port"``. Every cluster authenticates
+    its peers: joining one needs its token (``_token`` or ``RAYLITE_TOKEN``; ``"auto"`` and
+    the head's own machine read it from the 0600 file ``raylite start`` wrote).
+    ``_node_ip_address`` is the address this process listens on, which the cluster's
+    other processes must reach (default 127.0.0.1 for a cluster started here, else the
+    address of the route to the head); a cluster started here on a non-loopback address
+    encrypts its traffic (CURVE). Options Ray has
     that raylite does not use (e.g. ``include_dashboard``) are accepted and ignored.
 
     ``object_store_memory`` caps each node's store: the oldest objects spill to disk
@@ -139,9 +144,11 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
             if nodes is not None and (num_cpus is not None or num_gpus is not None):
                 raise ValueError("Pass either nodes=[...] or num_cpus/num_gpus, not both.")
             for attempt in range(3):
-                cluster = driver.start_local(num_cpus, num_gpus, resources, labels, nodes)
+                cluster = driver.start_local(num_cpus, num_gpus, resources, labels, nodes,
+                                             host=_node_ip_address or "127.0.0.1")
                 try:
                     info = driver.connect(cluster.address, session=cluster.session,
+                                          token=cluster.token, bind_host=cluster.host,
                                           namespace=namespace, log_to_driver=log_to_driver,
                                           expect_nodes=len(cluster.agents),
                                           node_id=next(iter(cluster.agents)),
@@ -159,7 +166,8 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
         else:
             addr, token = driver.resolve_address(address)
             info = driver.connect(addr, token=_token or token, namespace=namespace,
-                                  log_to_driver=log_to_driver)
+                                  log_to_driver=log_to_driver,
+                                  bind_host=_node_ip_address or driver.local_ip_for(addr))
         driver._State.context = RayliteContext(info, addr.replace("tcp://", ""))
         driver.register_atexit(shutdown)
         if autoscaler is not None:
@@ -366,6 +374,12 @@ class RuntimeContext:
 
     def get_accelerator_ids(self) -> dict:
         return {"GPU": [str(g) for g in self._ctx.gpu_ids]}
+
+    def get_cluster_token(self) -> str:
+        """The cluster's secret (a raylite extension; Ray's closest is its token auth
+        mode). Peers authenticate with it, and Serve's REST API wants it as
+        ``Authorization: Bearer <token>`` on every request that changes something."""
+        return self._core.transport.token
 
     @property
     def namespace(self) -> str:

@@ -307,6 +307,10 @@ class CoreWorker:
                 return
             try:
                 mtype, body, bufs = P.decode(frames, routed)
+            except P.InvalidMessage as e:
+                log.warning("dropped an invalid message: %s", e)
+                continue
+            try:
                 if routed:
                     handler = self._handlers.get(mtype)
                 else:

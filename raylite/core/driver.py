@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -22,7 +23,7 @@ from raylite.core import runtime, store
 from raylite.core.core_worker import CoreWorker, HeadDiedError, print_worker_lines
 from raylite.core.object_ref import new_id
 from raylite.core.osutil import free_port_pair, stop_processes
-from raylite.core.transport import _advertise
+from raylite.core.transport import _advertise, host_of, is_loopback
 
 SESSION_FILE_DIR = os.path.join(os.environ.get("TMPDIR", "/tmp"), "raylite")
 LOG_DIR = os.path.join(SESSION_FILE_DIR, "logs")
@@ -36,14 +37,16 @@ def new_session_id() -> str:
 
 
 class LocalCluster:
-    """The processes of a cluster this driver started: a head and its node agents."""
+    """The processes of a cluster this driver started: a head and its node agents.
+
+    Every cluster has a token, also on loopback: one is made here when none is given."""
 
     def __init__(self, session: str, host: str = "127.0.0.1", token: str | None = None,
                  detached: bool = False):
         self.session = session
         store.store_root()  # decide where stores live; children inherit the choice
         self.host = host
-        self.token = token
+        self.token = token or secrets.token_hex(16)
         self.detached = detached
         self.port = free_port_pair(host)
         self.address = f"tcp://{_advertise(host)}:{self.port}"
@@ -57,8 +60,7 @@ class LocalCluster:
             env["RAYLITE_PARENT_PID"] = str(os.getpid())
         else:
             env.pop("RAYLITE_PARENT_PID", None)
-        if self.token:
-            env["RAYLITE_TOKEN"] = self.token
+        env["RAYLITE_TOKEN"] = self.token
         pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
         return env
@@ -231,9 +233,9 @@ def auto_init():
 
 
 def start_local(num_cpus=None, num_gpus=None, resources=None, labels=None, nodes=None,
-                warm=None) -> LocalCluster:
+                warm=None, host: str = "127.0.0.1") -> LocalCluster:
     """Start a head and its nodes all at once (no waiting: start-up is what init costs)."""
-    cluster = LocalCluster(new_session_id())
+    cluster = LocalCluster(new_session_id(), host=host)
     cluster.start_head()
     specs = nodes or [{"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources,
                        "labels": labels}]
@@ -252,12 +254,28 @@ def register_atexit(fn) -> None:
         atexit_registered = True
 
 
+def local_ip_for(address: str) -> str:
+    """The address of this machine that peers at ``address`` reach it by: 127.0.0.1 for
+    a head on loopback, else the source address of the route to the head."""
+    host = host_of(address)
+    if is_loopback(host):
+        return "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((host, 9))  # UDP: no packet is sent, the kernel only picks a route
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
 def query_head(address: str, msg_type: bytes, body: dict | None = None,
-               token: str | None = None, timeout: float = 5.0):
-    """One request to a head without joining as a driver (CLI, test clusters)."""
+               token: str | None = None, timeout: float = 5.0, bind_host: str | None = None):
+    """One request to a head without joining as a driver (CLI, test clusters). The reply
+    comes to an inbox bound on ``bind_host`` (default: this machine's address towards the
+    head), so it also works across hosts."""
     from raylite.core.transport import Transport
 
-    transport = Transport(token)
+    transport = Transport(token, bind_host or local_ip_for(address))
     inbox, addr = transport.bind()
     out = transport.connect(address)
     try:

@@ -232,12 +232,12 @@ class Head:
         self.node_waiters: list[tuple[int, dict]] = []
         self.spread_counter = 0
         self.running = True
-        self.monitor = None
         self.last_refused_log = 0.0
-        if token:  # log every connection refused for a missing or wrong token
-            self.monitor = self.inbox.get_monitor_socket(
-                zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL |
-                zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        self.dropped = 0  # invalid messages dropped
+        # log connections refused for a missing or wrong token
+        self.monitor = self.inbox.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL |
+            zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         self.handlers = {
             P.REGISTER_NODE: self.on_register_node, P.HEARTBEAT: self.on_heartbeat,
             P.REGISTER_WORKER: self.on_register_worker, P.WORKER_EXITED: self.on_worker_exited,
@@ -290,17 +290,30 @@ class Head:
                         frames = self.inbox.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    try:
-                        mtype, body, _ = P.decode(frames)
-                        self.handlers[mtype](body)
-                    except Exception:
-                        log.exception("head: error handling a message")
-                self.schedule()
+                    self.dispatch(frames)
+                try:
+                    self.schedule()
+                except Exception:  # a bug here must not stop the head
+                    log.exception("head: error while scheduling")
             now = time.monotonic()
             if now - last_check > 0.25:
                 last_check = now
                 self.check_liveness(now)
         self.close()
+
+    def dispatch(self, frames: list) -> None:
+        """Decode, validate and handle one message; anything malformed, or of a type the
+        head does not take, is logged and dropped before it can change any state."""
+        try:
+            mtype, handler, body, _ = P.route(frames, self.handlers, "the head")
+        except P.InvalidMessage as e:
+            self.dropped += 1
+            log.warning("head: dropped an invalid message: %s", e)
+            return
+        try:
+            handler(body)
+        except Exception:
+            log.exception("head: error handling %s", mtype.decode())
 
     def on_subscriptions(self) -> None:
         """XPUB passes up the first subscribe and the last unsubscribe of each topic."""

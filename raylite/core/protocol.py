@@ -85,13 +85,175 @@ _dumps = pickle.dumps
 _loads = pickle.loads
 
 
+# --- validation ------------------------------------------------------------------------
+# Every inbox is authenticated (transport.py): only holders of the cluster token reach it.
+# What they send is still checked before a handler sees it, so a malformed message (a
+# bug, a stale peer, a fuzzer with the token) is logged and dropped and never changes
+# cluster state. The schema names each message's required fields ("?name": optional,
+# checked when present and not None) and what each must be.
+
+class InvalidMessage(ValueError):
+    """A message that does not decode or does not match its schema."""
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x \
+        and abs(x) != float("inf")
+
+
+def _addr(x) -> bool:
+    return isinstance(x, str) and x.startswith("tcp://") and len(x) < 300
+
+
+def _resources(x) -> bool:
+    return isinstance(x, dict) and all(isinstance(k, str) and _finite(v) and v >= 0
+                                       for k, v in x.items())
+
+
+def _labels(x) -> bool:
+    return isinstance(x, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                       for k, v in x.items())
+
+
+def _str_list(x) -> bool:
+    return isinstance(x, (list, tuple)) and all(isinstance(i, (str, bytes)) for i in x)
+
+
+_ID = (bytes, str)
+_NUM = _finite
+_ANY = object
+
+SCHEMA: dict[bytes, dict] = {
+    REGISTER_NODE: {"node_id": str, "addr": _addr, "resources": _resources,
+                    "?labels": _labels, "?host": str, "?pid": int, "?warm": int},
+    HEARTBEAT: {"?node_id": str, "?job_id": str, "?transfers": int, "?store_used": int,
+                "?store_capacity": int},
+    REGISTER_WORKER: {"worker_id": str, "node_id": str, "addr": _addr, "core_addr": _addr,
+                      "pid": int, "?env_key": str},
+    WORKER_EXITED: {"node_id": str, "pid": int, "?env_key": str, "?reason": str},
+    REQUEST_LEASE: {"reply_to": _addr, "demand": _resources, "?env_vars": dict,
+                    "?env_key": str, "?owner": _addr, "?strategy": (str, list, tuple),
+                    "?label_selector": dict, "?backlog": int},
+    CANCEL_LEASE: {"req_id": _ANY},
+    LEASE_BACKLOG: {"req_id": _ANY, "backlog": int},
+    RETURN_LEASE: {"worker_id": str},
+    WORKER_BLOCKED: {"worker_id": str, "blocked": bool},
+    CREATE_ACTOR: {"actor_id": bytes, "cls": bytes, "meta": dict, "demand": _resources,
+                   "owner": _addr, "?name": str, "?namespace": str,
+                   "?strategy": (str, list, tuple), "?label_selector": dict,
+                   "?reply_to": _addr},
+    ACTOR_READY: {"actor_id": bytes},
+    GET_ACTOR_INFO: {"reply_to": _addr, "?actor_id": bytes, "?name": str,
+                     "?namespace": str},
+    KILL_ACTOR: {"actor_id": bytes},
+    REGISTER_DRIVER: {"job_id": str, "core_addr": _addr, "reply_to": _addr,
+                      "?expect_nodes": int},
+    DRIVER_EXIT: {"job_id": str},
+    CLUSTER_INFO: {"reply_to": _addr},
+    SHUTDOWN: {},
+    LOG: {"lines": _str_list},
+    PING_EVENTS: {"nonce": _ANY},
+    GET_STATE: {"reply_to": _addr, "?sections": _str_list, "?limit": int},
+    TASK_EVENTS: {"records": lambda x: isinstance(x, list) and all(
+        isinstance(r, list) and len(r) == 11 and isinstance(r[0], bytes) for r in x)},
+    REMOVE_NODE: {"node_id": str},
+    AUTOSCALER_REPORT: {"status": dict},
+    CREATE_PG: {"pg_id": str, "bundles": lambda x: isinstance(x, list) and x and all(
+        _resources(b) for b in x), "strategy": str, "?name": str},
+    REMOVE_PG: {"pg_id": str},
+    GET_PG: {"reply_to": _addr, "?pg_id": str, "?name": str},
+    LEASE_GRANTED: {"req_id": _ANY},
+    WORKER_DIED: {"worker_id": str},
+    REPLY: {"req_id": _ANY},
+    SPAWN_WORKER: {"?env_vars": dict, "?env_key": str},
+    KILL_WORKER: {"?pid": int},
+    BECOME_ACTOR: {"actor_id": bytes, "cls": bytes, "meta": dict},
+    EXECUTE: {"task_id": bytes, "fn_id": _ANY, "owner": _addr, "name": str, "nret": _ANY},
+    ACTOR_CALL: {"task_id": bytes, "method": str, "owner": _addr, "nret": _ANY},
+    TASK_DONE: {"task_id": bytes},
+    STREAM_ITEM: {"task_id": bytes, "index": int},
+    WORKER_BLOCKED_NOTICE: {"worker_id": str, "blocked": bool},
+    STEAL: {"task_ids": list, "reply_to": _addr},
+    STOLEN: {"worker_id": str, "task_ids": list},
+    CANCEL: {"task_id": bytes, "force": bool, "reply_to": _addr},
+    GET_OBJECT: {"oid": bytes, "reply_to": _addr},
+    OBJECT: {"oid": bytes},
+    PULL: {"src_path": str, "src_addr": _addr, "reply_to": _addr},
+    FETCH_CHUNK: {"path": str, "offset": int, "length": int, "dest": str,
+                  "reply_to": _addr},
+    CHUNK: {"dest": str, "offset": int},
+    ADD_BORROWER: {"oid": bytes, "addr": _addr},
+    REMOVE_BORROWER: {"oid": bytes, "addr": _addr},
+    WAKE: {},
+    # events (published by the head; EV_LOG is LOG's bytes)
+    EV_ACTOR: {"actor_id": bytes},
+    EV_OWNER_DIED: {"core_addr": str},
+    EV_NODE: {"node_id": str, "alive": bool},
+    EV_PING: {"nonce": _ANY},
+    EV_TASK: {"events": list},
+    EV_PG: {},
+    EV_AUTOSCALER: {},
+    EV_PENDING: {},
+}
+
+
+def _ok(spec, value) -> bool:
+    if spec is _ANY:
+        return True
+    if isinstance(spec, type) or isinstance(spec, tuple):
+        if spec is int or spec == (int,):
+            return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, spec)
+    return bool(spec(value))
+
+
+def validate(msg_type: bytes, body) -> None:
+    """Raise InvalidMessage unless ``body`` is a dict matching ``msg_type``'s schema."""
+    schema = SCHEMA.get(msg_type)
+    if schema is None:
+        raise InvalidMessage(f"unknown message type {msg_type[:40]!r}")
+    if not isinstance(body, dict):
+        raise InvalidMessage(f"{msg_type.decode()}: body is a {type(body).__name__}, "
+                             "not a dict")
+    for key, spec in schema.items():
+        if key[0] == "?":
+            value = body.get(key[1:])
+            if value is not None and not _ok(spec, value):
+                raise InvalidMessage(f"{msg_type.decode()}: bad field {key[1:]!r}")
+        elif key not in body or not _ok(spec, body[key]):
+            raise InvalidMessage(f"{msg_type.decode()}: missing or bad field {key!r}")
+
+
 def encode(msg_type: bytes, body: dict, buffers=()) -> list:
     """Build the frames of one message."""
     return [msg_type, _dumps(body, 5), *buffers]
 
 
 def decode(frames: list, routed: bool = True) -> tuple[bytes, dict, list]:
-    """Split received frames into (type, body, buffers); ``routed`` drops the identity."""
+    """Split received frames into (type, body, buffers); ``routed`` drops the identity.
+    Raises InvalidMessage for frames that do not decode or validate."""
     if routed:
         frames = frames[1:]
-    return bytes(frames[0]), _loads(frames[1]), frames[2:]
+    if len(frames) < 2:
+        raise InvalidMessage(f"{len(frames)} frames; a message has a type and a body")
+    msg_type = bytes(frames[0])
+    if msg_type not in SCHEMA:
+        raise InvalidMessage(f"unknown message type {msg_type[:40]!r}")
+    try:
+        body = _loads(frames[1])
+    except Exception as e:
+        raise InvalidMessage(f"{msg_type.decode()}: body does not unpickle ({e!r:.200})") \
+            from None
+    validate(msg_type, body)
+    return msg_type, body, frames[2:]
+
+
+def route(frames: list, handlers: dict, role: str, routed: bool = True):
+    """Decode and validate a message for a process with these ``handlers``; returns
+    (type, handler, body, buffers). Raises InvalidMessage for a malformed message or one
+    of a type that ``role`` does not take (a peer with no business sending it)."""
+    mtype, body, buffers = decode(frames, routed)
+    handler = handlers.get(mtype)
+    if handler is None:
+        raise InvalidMessage(f"{mtype.decode()} is not a message for {role}")
+    return mtype, handler, body, buffers

@@ -24,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+import re
 import resource
 import shutil
 import struct
@@ -90,6 +91,20 @@ def session_dir(session: str) -> str:
 
 def node_dir(session: str, node_id: str) -> str:
     return os.path.join(session_dir(session), node_id)
+
+
+_OBJECT_NAME = re.compile(r"[0-9a-f]{8,64}")
+
+
+def confined(directory: str, path: str) -> bool:
+    """True when ``path`` names an object file directly in ``directory`` (a store). Paths
+    that peers send are checked with this before anything opens them: no other file of
+    the machine can be read through the store."""
+    if not isinstance(path, str) or "\0" in path:
+        return False
+    head, name = os.path.split(path)
+    return bool(_OBJECT_NAME.fullmatch(name)) and \
+        os.path.realpath(head) == os.path.realpath(directory)
 
 
 def _align(n: int) -> int:

@@ -10,10 +10,13 @@ find the local copy. Chunks are pipelined (a window of requests in flight).
 from __future__ import annotations
 
 import collections
+import logging
 import os
 
 from raylite.core import protocol as P
 from raylite.core import store
+
+log = logging.getLogger(__name__)
 
 CHUNK = 8 << 20
 WINDOW = 4
@@ -48,6 +51,10 @@ class Transfers:
     # ------------------------------------------------------------------ pulling
     def on_pull(self, body: dict) -> None:
         local = os.path.join(self.agent.store_dir, os.path.basename(body["src_path"]))
+        if not store.confined(self.agent.store_dir, local):
+            log.warning("refused a pull of %r: not an object file name", body["src_path"])
+            self._answer(body, local, f"{body['src_path']!r} is not an object of a store")
+            return
         if os.path.exists(local):
             self._answer(body, local, None)
             return
@@ -115,6 +122,12 @@ class Transfers:
         mapping without a copy of ours."""
         path = body["path"]
         reply = {"dest": body["dest"], "offset": body["offset"]}
+        if not store.confined(self.agent.store_dir, path):
+            # only this node's object files are served, never another file of the machine
+            log.warning("refused a chunk of %r: not an object of this node's store", path)
+            reply["error"] = f"{path!r} is not an object of this node's store"
+            self.agent.outbox.send(body["reply_to"], P.encode(P.CHUNK, reply))
+            return
         view = self.mapped.pop(path, None)
         if view is None:
             try:

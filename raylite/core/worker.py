@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import inspect
+import logging
 import os
 import signal
 import sys
@@ -28,6 +29,8 @@ from raylite.core import serialization as ser
 from raylite.core.core_worker import CoreWorker, _Dep
 from raylite.core.object_ref import ObjectRef, new_id, reset_id_prefix, return_id
 from raylite.core.osutil import die_with_parent
+
+log = logging.getLogger("raylite.worker")
 
 
 class Executor:
@@ -67,8 +70,12 @@ class Executor:
                 continue
             except zmq.ZMQError:
                 return
-            mtype, body, _ = P.decode(frames)
-            self.handlers[mtype](body)
+            try:
+                _, handler, body, _ = P.route(frames, self.handlers, "a task inbox")
+            except P.InvalidMessage as e:
+                log.warning("worker: dropped an invalid message: %s", e)
+                continue
+            handler(body)
 
     # ------------------------------------------------------------------ helpers
     def load_fn(self, body: dict):

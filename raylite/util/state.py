@@ -276,8 +276,7 @@ class EventStream:
         # A ZeroMQ context of its own: the core's is destroyed at shutdown, and closing a
         # socket that this thread is polling (zmq_close is not thread-safe) can abort the
         # process. The reading thread closes its socket and this context when it ends.
-        self._transport = Transport()
-        self._transport.token = core.transport.token
+        self._transport = Transport(core.transport.token, core.transport.bind_host)
         self._sock = self._transport.connect(f"{host}:{int(port) + 1}", zmq.SUB)
         for t in topics:
             self._sock.setsockopt(zmq.SUBSCRIBE, TOPICS[t])

@@ -49,6 +49,7 @@ class HTTPProxy:
         self._timeout = request_timeout_s
         self._routes: list[tuple[str, str, str]] = []  # (prefix, app, ingress), longest first
         self._poll = LongPollClient(controller, ROUTES_KEY, self._set_routes)
+        self.token = raylite.get_runtime_context().get_cluster_token()  # for rest.py
 
     def _set_routes(self, routes: dict) -> None:
         self._routes = sorted(((p, a, d) for p, (a, d) in routes.items()),

@@ -11,27 +11,39 @@
   412 when the app did not set ``external_scaler_enabled``.
 - ``GET /-/healthz``, ``GET /-/routes``.
 
+Security (differs from Ray, whose dashboard API is open by default): ``PUT``, ``DELETE``
+and ``scale`` need the cluster's token as ``Authorization: Bearer <token>``
+(``raylite.get_runtime_context().get_cluster_token()``), else 401; every ``/api/`` request
+whose ``Host`` is a DNS name other than this machine's (DNS rebinding) is refused with
+403, as is a mutating request whose ``Origin`` is such a name (a web page in the user's
+browser).
+
 Differs from Ray: Ray serves the ``/api/`` paths on the dashboard (port 8265); raylite has
 no dashboard, so they share the proxy's port (these exact paths shadow an app's).
 """
 
 from __future__ import annotations
 
+import functools
+import hmac
+import ipaddress
 import json
 import re
+import socket
+from urllib.parse import urlsplit
 
 _SCALE = re.compile(r"^/api/v1/applications/([^/]+)/deployments/([^/]+)/scale/?$")
 _APPS = ("/api/serve/applications/", "/api/serve/applications")
 
 
-async def _respond(send, status: int, payload) -> None:
+async def _respond(send, status: int, payload, headers=()) -> None:
     if isinstance(payload, (dict, list)):
         body, ctype = json.dumps(payload).encode(), b"application/json"
     else:
         body, ctype = str(payload).encode(), b"text/plain; charset=utf-8"
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", ctype),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -45,10 +57,72 @@ async def _json_body(receive):
         return None, f"Request body is not valid JSON: {e}"
 
 
+@functools.lru_cache(maxsize=1)
+def _own_names() -> frozenset:
+    names = {"localhost", socket.gethostname().lower()}
+    try:
+        names.add(socket.getfqdn().lower())
+    except OSError:
+        pass
+    return frozenset(names)
+
+
+def _trusted_host(host: str) -> bool:
+    """An IP literal, localhost or this machine's own name: never a name an attacker's
+    DNS can point at us."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return host in _own_names()
+
+
+def _header(scope, name: bytes) -> str | None:
+    for k, v in scope.get("headers") or ():
+        if k.lower() == name:
+            return v.decode("latin-1")
+    return None
+
+
+def refusal(scope, token: str | None) -> tuple[int, str] | None:
+    """Why this ``/api/`` request is refused, or None: a foreign ``Host`` or ``Origin``
+    (403), a mutating request without the cluster's bearer token (401)."""
+    host = _header(scope, b"host")
+    if host is not None and not _trusted_host(host):
+        return 403, (f"Host {host!r} is not this machine: the REST API answers only "
+                     "requests addressed to an IP, localhost or this host's name.")
+    if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        return None
+    origin = _header(scope, b"origin")
+    if origin is not None and origin != "null" and \
+            not _trusted_host(urlsplit(origin).netloc or origin):
+        return 403, f"Origin {origin!r} may not change Serve (a web page cannot)."
+    auth = _header(scope, b"authorization") or ""
+    given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    if not token or not hmac.compare_digest(given.encode(), token.encode()):
+        return 401, ("This request changes Serve and needs the cluster's token: send "
+                     "'Authorization: Bearer <token>' (the token: "
+                     "raylite.get_runtime_context().get_cluster_token(), or the one "
+                     "`raylite start` printed).")
+    return None
+
+
 async def handle(proxy, path: str, scope, receive, send) -> bool:
     """Answer a REST request; False when ``path`` is not one of ours."""
     method = scope["method"]
     ctrl = proxy._controller
+    if path.startswith("/api/") and (path in _APPS or _SCALE.match(path)):
+        refused = refusal(scope, proxy.token)
+        if refused is not None:
+            code, msg = refused
+            headers = [(b"www-authenticate", b"Bearer")] if code == 401 else []
+            await _respond(send, code, {"error": msg}, headers)
+            return True
     if path == "/-/healthz":
         await _respond(send, 200, "success")
         return True
