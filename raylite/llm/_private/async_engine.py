@@ -101,6 +101,7 @@ class AsyncLLMEngine:
             self._stop = True
             self._cv.notify()
         self._thread.join(timeout=10)
+        self.engine.shutdown()
 
     # ------------------------------------------------------------------ the thread
     def _deliver(self, rid: str, item, last: bool = False) -> None:

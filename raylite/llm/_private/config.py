@@ -12,7 +12,9 @@ class EngineConfig:
     ``enable_prefix_caching``, ``enable_chunked_prefill``, ``tensor_parallel_size``,
     ``dtype``, ``seed``); the KV cache is sized by ``num_kv_blocks`` or
     ``kv_cache_memory_mb`` instead of vLLM's ``gpu_memory_utilization``.
-    ``attention_backend``: "sparse" (read blocks in place) or "gather" (copy them)."""
+    ``attention_backend``: "sparse" (read blocks in place) or "gather" (copy them).
+    ``tp_worker_num_cpus``/``tp_worker_num_gpus``: each tensor-parallel worker's
+    resources (the GPU share is set from the placement group by Serve LLM)."""
 
     block_size: int = 16
     num_kv_blocks: int | None = None
@@ -26,6 +28,8 @@ class EngineConfig:
     dtype: str = "auto"
     attention_backend: str = "sparse"
     tensor_parallel_size: int = 1
+    tp_worker_num_cpus: float = 1.0
+    tp_worker_num_gpus: float | None = None
     seed: int = 0
 
     @classmethod

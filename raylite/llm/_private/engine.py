@@ -15,6 +15,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -78,7 +79,9 @@ class LLMEngine:
             from raylite.llm._private.tensor_parallel import TensorParallelModel
 
             self.model = TensorParallelModel(module, cfg.tensor_parallel_size,
-                                             max_model_len=cfg.max_model_len)
+                                             max_model_len=cfg.max_model_len,
+                                             num_cpus=cfg.tp_worker_num_cpus,
+                                             num_gpus=cfg.tp_worker_num_gpus)
         else:
             self.model = wrap_module(module.to(device).eval(), cfg.max_model_len)
         if tokenizer is None:
@@ -183,13 +186,6 @@ class LLMEngine:
                 decode.append((seq.block_table, start))
             else:
                 prefill.append((seq.block_table, start, n))
-        m = self.model
-        md = build_metadata(decode, prefill, block_size=self.config.block_size,
-                            num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
-                            device=m.device, backend=self.config.attention_backend)
-        input_ids = torch.tensor(ids, dtype=torch.long).to(m.device, non_blocking=True)
-        positions = torch.tensor(pos, dtype=torch.long).to(m.device, non_blocking=True)
-        hidden = m.forward(input_ids, positions, md, self.kv_caches)
         rows, done = [], []
         off = 0
         for seq, n in plan.seqs:
@@ -197,10 +193,16 @@ class LLMEngine:
             if seq.num_computed + n == seq.num_tokens:
                 rows.append(off - 1)
                 done.append(seq)
+        m = self.model
+        # a tensor-parallel model runs the step on its workers
+        run = getattr(m, "step_logits", None) or partial(step_logits, m)
+        logits = run(ids, pos, decode, prefill, rows, self.kv_caches,
+                     block_size=self.config.block_size,
+                     backend=self.config.attention_backend)
+        for seq, n in plan.seqs:
             self.scheduler.computed(seq, n)
         outputs = []
         if done:
-            logits = m.logits(hidden[rows])
             tokens, lps = sample(logits, [s.params for s in done],
                                  [s.generator for s in done])
             now = time.monotonic()
@@ -271,6 +273,12 @@ class LLMEngine:
                     final[out.request_id] = out
         return [final[r] for r in rids]
 
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers, if any (a local model needs nothing)."""
+        stop = getattr(self.model, "shutdown", None)
+        if stop is not None:
+            stop()
+
     def stats(self) -> dict:
         """A snapshot: queue lengths, KV blocks, prefix cache, throughput, latency."""
         now = time.monotonic()
@@ -292,6 +300,20 @@ class LLMEngine:
             "step_time_s": (sum(self._step_time) / len(self._step_time)
                             if self._step_time else None),
         }
+
+
+def step_logits(model: PagedCausalLM, ids: list[int], pos: list[int], decode: list,
+                prefill: list, rows: list[int], kv_caches, *, block_size: int,
+                backend: str):
+    """One forward over a step's flat batch; the logits of the given rows (None when
+    there are none). A tensor-parallel model runs the same on each of its workers."""
+    md = build_metadata(decode, prefill, block_size=block_size,
+                        num_heads=model.num_heads, num_kv_heads=model.num_kv_heads,
+                        device=model.device, backend=backend)
+    input_ids = torch.tensor(ids, dtype=torch.long).to(model.device, non_blocking=True)
+    positions = torch.tensor(pos, dtype=torch.long).to(model.device, non_blocking=True)
+    hidden = model.forward(input_ids, positions, md, kv_caches)
+    return model.logits(hidden[rows]) if rows else None
 
 
 def _find_stop(text: str, stops: list[str], start: int) -> int | None:

@@ -145,6 +145,8 @@ class LLMServer:
         self.per_worker_gpus = llm_config.per_worker_gpus()
         if self.per_worker_gpus is None and os.environ.get(PER_WORKER_GPUS_ENV):
             self.per_worker_gpus = float(os.environ[PER_WORKER_GPUS_ENV])
+        if self.per_worker_gpus is not None and kwargs.get("tensor_parallel_size", 1) > 1:
+            kwargs.setdefault("tp_worker_num_gpus", self.per_worker_gpus)
         self.engine = AsyncLLMEngine(LLMEngine(mlc.model_source, mlc.tokenizer_source,
                                                **kwargs))
         self.created = int(time.time())
