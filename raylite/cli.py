@@ -143,7 +143,19 @@ def cmd_start(args) -> int:
     cluster = LocalCluster(info["session"], host=host, token=token, detached=True)
     cluster.address = address
     node_id = cluster.add_node(**_node_args(args))
-    _record_pid(cluster.agents[node_id].pid, "agent", info["session"])
+    agent = cluster.agents[node_id]
+    _record_pid(agent.pid, "agent", info["session"])
+    deadline = time.monotonic() + 30
+    while True:  # "joined" only once the head lists the node as alive
+        nodes = query_head(address, P.CLUSTER_INFO, token=token, timeout=10,
+                           bind_host=host)["nodes"]
+        if any(n["node_id"] == node_id and n["alive"] for n in nodes):
+            break
+        if agent.poll() is not None or time.monotonic() > deadline:
+            print(f"raylite node {node_id} did not join {address}: see "
+                  f"{SESSION_FILE_DIR}/logs/{node_id}.log", file=sys.stderr)
+            return 1
+        time.sleep(0.1)
     print(f"raylite node {node_id} joined {address.replace('tcp://', '')}.")
     return 0
 

@@ -189,9 +189,12 @@ def connect(address: str, *, session: str | None = None, token: str | None = Non
         raise
     core.sync_events()
     core.session = info["session"]
-    # the driver's node (where its puts go): the one it started first, else one on this host
+    # the driver's node (where its puts go): the one it started first, else the one that
+    # listens on the driver's own address, else one with this host's name
     alive = [n for n in info["nodes"] if n["alive"]]
-    here = [n for n in alive if n["host"] == socket.gethostname()] or alive
+    here = ([n for n in alive if not is_loopback(bind_host) and
+             host_of(n["addr"]) == bind_host] or
+            [n for n in alive if n["host"] == socket.gethostname()] or alive)
     core.node_id = node_id or (here[0]["node_id"] if here else "")
     core.store_dir = store.node_dir(core.session, core.node_id)
     if log_to_driver:
