@@ -7,6 +7,8 @@
 - :class:`Timeline`: tasks per worker over time (a Gantt chart of ``raylite.timeline()``).
 - :class:`ServeView`: Serve's deployments: replicas over time against their targets,
   ongoing and queued requests, and each application's topology as a graph.
+- :class:`LLMView`: LLM engines: tokens/s, running and waiting sequences, KV blocks,
+  prefix-cache hits, time to first token.
 - :func:`progress`: ``raylite.get`` with a progress bar.
 
 Views only read the state API and the event stream (the ServeView: Serve's status); one
@@ -21,10 +23,11 @@ from __future__ import annotations
 
 from raylite.widgets.autoscaler import AutoscalerView
 from raylite.widgets.cluster import ClusterView
+from raylite.widgets.llm import LLMView
 from raylite.widgets.placement import PlacementView
 from raylite.widgets.progress import progress
 from raylite.widgets.serve import ServeView
 from raylite.widgets.timeline import Timeline
 
 __all__ = ["ClusterView", "PlacementView", "AutoscalerView", "Timeline", "ServeView",
-           "progress"]
+           "LLMView", "progress"]
