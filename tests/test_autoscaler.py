@@ -377,7 +377,9 @@ def test_unavailable_type_falls_back_is_recorded_and_cleared(autoscaled, tmp_pat
     flag = str(tmp_path / "go")
 
     @raylite.remote
-    def hold(path):  # keeps its CPU (a task blocked in get() would lend it out)
+    def hold(path, started=None):  # keeps its CPU (a task blocked in get() would lend it)
+        if started:
+            open(started, "w").close()
         while not os.path.exists(path):
             time.sleep(0.02)
         return raylite.get_runtime_context().get_node_id()
@@ -393,9 +395,13 @@ def test_unavailable_type_falls_back_is_recorded_and_cleared(autoscaled, tmp_pat
     assert failed and "launch timeout" in failed[0]["reason"]
     # spot comes back: with ondemand at its max, spot is launched, runs, and is cleared
     scaler.provider.set_unavailable("spot", False)
-    second = hold.remote(flag)
+    started = tmp_path / "second-started"
+    second = hold.remote(flag, str(started))
     wait_for_condition(lambda: state.get_autoscaler_status()["node_types"]["spot"]
                        ["running"] == 1, 20, message="spot launched again")
+    # it may first be queued behind `first` on the busy node (lease pipelining); the
+    # idle spot node steals it from there: it starts while `first` still holds its CPU
+    wait_for_condition(started.exists, 20, message="second started on the new node")
     open(flag, "w").close()
     assert [_type_of(n) for n in raylite.get([first, second], timeout=30)] == \
         ["ondemand", "spot"]

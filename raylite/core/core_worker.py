@@ -112,9 +112,10 @@ class _Entry:
 class _Task:
     __slots__ = ("task_id", "key", "body", "deps", "pending", "retries", "retry_exc", "lease",
                  "cancelled", "nret", "fn_id", "fn_bytes", "name", "actor_id", "stream",
-                 "sent", "nested")
+                 "sent", "nested", "attempts")
 
     def __init__(self):
+        self.attempts = 1  # runs started so far (retries add one each)
         self.lease = None
         self.cancelled = False
         self.pending = 0
@@ -211,7 +212,8 @@ class CoreWorker:
         self.steal_hook = None    # set by a worker: gives back tasks it has not started
         self.log_hook = None      # set by a driver: prints worker output
         # task records for the state API and timeline, sent to the head in batches:
-        # [tid, name, job_id, actor_id, submitted, sent, node_id, worker_id, start, end, error]
+        # P.task_record: [tid, name, job_id, actor_id, submitted, sent, node_id, worker_id,
+        # start, end, error, attempts]
         self._task_log: dict[bytes, list] = {}
         self._task_log_on = os.environ.get("RAYLITE_TASK_EVENTS", "1") != "0"
         self._last_task_flush = 0.0
@@ -723,8 +725,7 @@ class CoreWorker:
         out = self._register_returns(t)
         with self._lock:
             if self._task_log_on:
-                self._task_log[tid] = [tid, name, self.job_id, None, time.time(), None, None,
-                                       None, None, None, None]
+                self._task_log[tid] = P.task_record(tid, name, self.job_id, None, time.time())
             if key not in self._queues:
                 self._queues[key] = collections.deque()
                 self._leases[key] = []
@@ -860,9 +861,13 @@ class CoreWorker:
     def _task_record(self, tid: bytes) -> list:
         rec = self._task_log.get(tid)
         if rec is None:  # its earlier part went to the head already
-            rec = self._task_log[tid] = [tid, None, None, None, None, None, None, None, None,
-                                         None, None]
+            rec = self._task_log[tid] = P.task_record(tid)
         return rec
+
+    def _log_retry(self, t) -> None:
+        t.attempts += 1
+        if self._task_log_on:
+            self._task_record(t.task_id)[P.TR_ATTEMPTS] = t.attempts
 
     def _log_done(self, tid: bytes, body: dict) -> None:
         rec = self._task_record(tid)
@@ -915,9 +920,9 @@ class CoreWorker:
             t = self._tasks.get(tid)
             if t is None:
                 return
-            if self._task_log_on:
-                self._log_done(tid, body)
             if t.actor_id is not None:
+                if self._task_log_on:
+                    self._log_done(tid, body)
                 self._actor_task_done(t, body)
                 return
             lease = t.lease
@@ -935,9 +940,12 @@ class CoreWorker:
             if err is not None and not t.cancelled and t.retries != 0 and \
                     self._should_retry(t, body):
                 t.retries -= 1
+                self._log_retry(t)  # the state API shows one task with its attempts
                 t.lease = None
                 self._enqueue(t, front=True)
                 return
+            if self._task_log_on:
+                self._log_done(tid, body)
             del self._tasks[tid]
             self._finish(t, body)
             if t.retries != 0 and any(d[0] == "s" for d in body.get("results") or ()):
@@ -1000,6 +1008,7 @@ class CoreWorker:
                     self._fail(t, exc.TaskCancelledError(t.task_id.hex()))
                 elif t.retries != 0:
                     t.retries -= 1
+                    self._log_retry(t)
                     self._enqueue(t, front=True)
                 else:
                     self._tasks.pop(t.task_id, None)
@@ -1160,8 +1169,8 @@ class CoreWorker:
         out = self._register_returns(t)
         with self._lock:
             if self._task_log_on:
-                self._task_log[tid] = [tid, method, self.job_id, actor_id, time.time(), None,
-                                       None, None, None, None, None]
+                self._task_log[tid] = P.task_record(tid, method, self.job_id, actor_id,
+                                                    time.time())
             a = self._actors.get(actor_id)
             if a is None:
                 a = self._actors[actor_id] = _Actor(actor_id, max_task_retries)
@@ -1238,6 +1247,7 @@ class CoreWorker:
             for t in lost:
                 if state == "RESTARTING" and t.retries != 0 and not t.cancelled:
                     t.retries -= 1
+                    self._log_retry(t)
                     retry.append(t)
                 else:
                     self._tasks.pop(t.task_id, None)
@@ -1335,6 +1345,7 @@ class CoreWorker:
             for tid, t in rerun.items():
                 del self._lineage[tid]
                 t.retries -= 1
+                self._log_retry(t)
                 t.lease = None
                 for i in range(t.nret):  # results still on live nodes are recomputed too
                     e = self._objects.get(return_id(tid, i))

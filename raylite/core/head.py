@@ -23,6 +23,7 @@ import zmq
 
 from raylite.core import protocol as P
 from raylite.core import scheduler, store
+from raylite.core.ledger import GpuSet, Pool
 from raylite.core.osutil import die_with_parent, drain_fd, signal_wakeup_fd
 from raylite.core.transport import Outbox, Transport
 
@@ -44,7 +45,8 @@ def task_info(r: list) -> dict:
     return {"task_id": r[0].hex(), "name": r[1], "job_id": r[2],
             "actor_id": r[3].hex() if r[3] else None, "type": "ACTOR_TASK" if r[3]
             else "NORMAL_TASK", "state": state, "node_id": r[6], "worker_id": r[7],
-            "submitted": r[4], "sent": r[5], "start": r[8], "end": r[9], "error": r[10]}
+            "submitted": r[4], "sent": r[5], "start": r[8], "end": r[9], "error": r[10],
+            "attempts": r[P.TR_ATTEMPTS] or 1, "attempt_number": (r[P.TR_ATTEMPTS] or 1) - 1}
 
 
 class Node:
@@ -54,7 +56,8 @@ class Node:
         self.host = body.get("host", "127.0.0.1")
         self.pid = body.get("pid")
         self.total = dict(body["resources"])
-        self.available = dict(self.total)
+        self.pool = Pool(self.total, f"node {self.node_id}")
+        self.available = self.pool.available  # the same dict: views see every change
         self.labels = dict(body.get("labels", {}))
         self.alive = True
         self.transfers = 0  # objects pulled from other nodes
@@ -69,8 +72,7 @@ class Node:
         self.spawning: collections.Counter = collections.Counter()
         self.warm = int(body.get("warm", 0))
         self.spawning[""] = int(body.get("warm", 0))  # the agent forks its pool at start
-        ngpu = int(self.total.get("GPU", 0))
-        self.gpu_free = {i: 1.0 for i in range(ngpu)}
+        self.gpus = GpuSet(int(self.total.get("GPU", 0)))
 
     def view(self) -> scheduler.NodeView:
         return scheduler.NodeView(self.node_id, self.total, self.available, self.labels,
@@ -83,6 +85,7 @@ class Node:
                 "available": dict(self.available), "labels": dict(self.labels),
                 "pid": self.pid, "transfers": self.transfers, "store_used": self.store_used,
                 "store_capacity": self.store_capacity, "idle_s": idle,
+                "ledger_violations": self.pool.violations,
                 "node_type": self.labels.get("raylite.io/node-type"),
                 "start_time": self.started}
 
@@ -147,6 +150,7 @@ class Bundle:
         self.selector_text = selector or {}
         self.selector = scheduler.parse_selector(selector)
         self.node_id: str | None = None
+        self.pool: Pool | None = None  # while placed
         self.available: dict = {}
 
     def info(self) -> dict:
@@ -439,8 +443,7 @@ class Head:
 
     def node_died(self, node: Node) -> None:
         node.alive = False
-        for k in node.available:
-            node.available[k] = 0.0
+        node.pool.zero()
         for w in [w for w in self.workers.values() if w.node_id == node.node_id]:
             self.worker_died(w, f"its node {node.node_id} died")
         for grants in node.waiting_spawn.values():
@@ -518,21 +521,21 @@ class Head:
         if node is not None and node.alive:
             self.send(node.addr, P.KILL_WORKER, {"worker_id": w.worker_id, "pid": w.pid})
 
-    def pool(self, node: Node, bundle: Bundle | None) -> dict | None:
-        """The resources a worker draws from: its bundle's or its node's (None: gone)."""
+    def pool(self, node: Node, bundle: Bundle | None) -> Pool | None:
+        """The ledger a worker draws from: its bundle's or its node's (None: gone)."""
         if bundle is not None:
-            return bundle.available if bundle.pg.state == "CREATED" else None
-        return node.available if node.alive else None
+            return bundle.pool if bundle.pg.state == "CREATED" else None
+        return node.pool if node.alive else None
 
     def release(self, node: Node, w: Worker) -> None:
         pool = self.pool(node, w.bundle)
         if pool is not None:
-            for k, v in w.held.items():
-                pool[k] = pool.get(k, 0.0) + v
-        for gid in w.gpu_ids:
-            if gid in node.gpu_free:
-                node.gpu_free[gid] = min(1.0, node.gpu_free[gid] + w.held.get("GPU", 0) /
-                                         max(1, len(w.gpu_ids)))
+            held = dict(w.held)
+            if w.blocked:  # its CPUs are lent out already: returning them again would
+                held.pop("CPU", None)  # count them twice
+            pool.give(held)
+        node.gpus.give(w.gpu_ids, w.held.get("GPU", 0.0))
+        w.blocked = False
         w.held = {}
         w.gpu_ids = ()
         w.bundle = None
@@ -574,9 +577,13 @@ class Head:
         cpus = w.held.get("CPU", 0.0)
         w.blocked = body["blocked"]
         # a task blocked in get() lends its CPU out, so nested tasks cannot deadlock;
-        # when it resumes it takes it back even if that briefly oversubscribes (as Ray)
+        # when it resumes it takes it back (what is in use meanwhile becomes debt: Ray
+        # briefly oversubscribes)
         if pool is not None:
-            pool["CPU"] = pool.get("CPU", 0.0) + (cpus if w.blocked else -cpus)
+            if w.blocked:
+                pool.lend(cpus)
+            else:
+                pool.reclaim(cpus)
 
     def schedule(self) -> None:
         if self.pending_pgs:
@@ -596,17 +603,16 @@ class Head:
             if shape in failed:
                 keep.append(req)
                 continue
-            node_id = scheduler.select_node(list(views.values()), req.demand, req.strategy,
-                                            req.selector, req.body.get("node_id"),
-                                            self.spread_counter)
-            if node_id is None:
+            node_id = scheduler.select_node(self.views_for(views, req.demand), req.demand,
+                                            req.strategy, req.selector,
+                                            req.body.get("node_id"), self.spread_counter)
+            if node_id is None or not self.place(self.nodes[node_id], req):
                 failed.add(shape)
                 keep.append(req)
                 continue
             if req.strategy == "SPREAD":
                 ids = sorted(n.node_id for n in views.values())
                 self.spread_counter = ids.index(node_id) + 1
-            self.place(self.nodes[node_id], req)
         self.pending = keep
 
     def schedule_in_pg(self, req: Request) -> bool:
@@ -628,8 +634,9 @@ class Head:
             if node is not None and node.alive and scheduler.fits(b.available, req.demand) \
                     and scheduler.labels_match(node.labels, req.selector):
                 req.bundle = b
-                self.place(node, req)
-                return True
+                if self.place(node, req):
+                    return True
+                req.bundle = None
         return False
 
     def refuse(self, req: Request, reason: str) -> None:
@@ -643,12 +650,28 @@ class Head:
             self.send(req.body["reply_to"], P.LEASE_GRANTED, {"req_id": req.req_id,
                                                                "error": error})
 
-    def place(self, node: Node, req: Request) -> None:
-        """Reserve ``req``'s resources on ``node`` and give it an idle or new worker."""
-        pool = req.bundle.available if req.bundle is not None else node.available
-        for k, v in req.demand.items():
-            pool[k] = pool.get(k, 0.0) - v
-        req.gpu_ids = self.take_gpus(node, req.demand.get("GPU", 0.0))
+    def views_for(self, views: dict, demand: dict) -> list:
+        """The scheduler's node views for ``demand``: for a GPU request, a node offers
+        what one GPU has free (a fraction) or its wholly free GPUs, never a sum of
+        fractions spread over several GPUs."""
+        amount = demand.get("GPU", 0.0)
+        if amount <= 0:
+            return list(views.values())
+        out = []
+        for nid, v in views.items():
+            cap = self.nodes[nid].gpus.capacity_for(amount)
+            avail = dict(v.available, GPU=min(v.available.get("GPU", 0.0), cap))
+            out.append(scheduler.NodeView(v.node_id, v.total, avail, v.labels, v.alive))
+        return out
+
+    def place(self, node: Node, req: Request) -> bool:
+        """Reserve ``req``'s resources on ``node`` and give it an idle or new worker;
+        False (nothing reserved) when no single GPU of the node has room for it."""
+        gpu_ids = node.gpus.take(req.demand.get("GPU", 0.0))
+        if gpu_ids is None:  # no one GPU has room (the scheduler's views said so too)
+            return False
+        (req.bundle.pool if req.bundle is not None else node.pool).take(req.demand)
+        req.gpu_ids = gpu_ids
         idle = node.idle.get(req.env_key)
         if idle:
             self.grant(node, req, idle.pop())
@@ -658,29 +681,14 @@ class Head:
             if node.spawning[req.env_key] < len(waiting):
                 self.spawn(node, req.env_key, req.env_vars)
         self.top_up_pool(node)
+        return True
 
     def unreserve(self, node: Node, req: Request) -> None:
         pool = self.pool(node, req.bundle)
-        for k, v in req.demand.items():
-            if pool is not None:
-                pool[k] = pool.get(k, 0.0) + v
-        for gid in getattr(req, "gpu_ids", ()):
-            node.gpu_free[gid] = min(1.0, node.gpu_free[gid] + req.demand.get("GPU", 0) /
-                                     max(1, len(req.gpu_ids)))
-
-    def take_gpus(self, node: Node, amount: float) -> tuple:
-        if amount <= 0:
-            return ()
-        if amount < 1:
-            for gid, free in sorted(node.gpu_free.items(), key=lambda kv: kv[1]):
-                if free + 1e-9 >= amount:
-                    node.gpu_free[gid] = free - amount
-                    return (gid,)
-            return ()
-        ids = [gid for gid, free in node.gpu_free.items() if free >= 1.0 - 1e-9][:int(amount)]
-        for gid in ids:
-            node.gpu_free[gid] = 0.0
-        return tuple(ids)
+        if pool is not None:
+            pool.give(req.demand)
+        node.gpus.give(getattr(req, "gpu_ids", ()), req.demand.get("GPU", 0.0))
+        req.gpu_ids = ()
 
     def spawn(self, node: Node, env_key: str, env_vars: dict) -> None:
         node.spawning[env_key] += 1
@@ -751,7 +759,7 @@ class Head:
             pool = self.pool(self.nodes[w.node_id], w.bundle)
             cpus = w.held.pop("CPU", 0.0)
             if pool is not None:
-                pool["CPU"] = pool.get("CPU", 0.0) + cpus
+                pool.give({"CPU": cpus})
         self.set_actor_state(actor, "ALIVE")
 
     def set_actor_state(self, actor: Actor, state: str) -> None:
@@ -852,9 +860,9 @@ class Head:
             for b, nid in zip(pg.bundles, where, strict=True):
                 node = self.nodes[nid]
                 b.node_id = nid
-                b.available = dict(b.resources)
-                for k, v in b.resources.items():
-                    node.available[k] = node.available.get(k, 0.0) - v
+                b.pool = Pool(b.resources, f"bundle {b.index} of {pg.pg_id}")
+                b.available = b.pool.available
+                node.pool.take(b.resources)
             pg.state = "CREATED"
             info = pg.info()
             for body in pg.waiters:
@@ -872,8 +880,10 @@ class Head:
                     self.kill_actor(w.actor, f"its placement group {pg.pg_id} was removed")
                 else:
                     self.kill_worker(w)
-                w.bundle = None
-                w.held = {}
+                node = self.nodes.get(w.node_id)
+                if node is not None:  # the bundle's share goes back whole, below
+                    node.gpus.give(w.gpu_ids, w.held.get("GPU", 0.0))
+                w.bundle, w.held, w.gpu_ids, w.blocked = None, {}, (), False
         for node in self.nodes.values():
             for grants in node.waiting_spawn.values():
                 for req in list(grants):
@@ -884,9 +894,8 @@ class Head:
         for b in pg.bundles:
             node = self.nodes.get(b.node_id)
             if node is not None and node.alive:
-                for k, v in b.resources.items():
-                    node.available[k] = node.available.get(k, 0.0) + v
-            b.node_id, b.available = None, {}
+                node.pool.give(b.resources)
+            b.node_id, b.pool, b.available = None, None, {}
 
     def remove_pg(self, pg: PlacementGroup) -> None:
         was_placed = pg.state == "CREATED"
@@ -970,9 +979,8 @@ class Head:
         return out
 
     def on_task_events(self, body: dict) -> None:
-        """Fold a batch of task records from an owner into the task table. A record is
-        [tid, name, job_id, actor_id, submitted, sent, node_id, worker_id, start, end,
-        error]; fields the owner did not know yet are None and keep what the table has."""
+        """Fold a batch of task records (P.task_record) from an owner into the task
+        table; fields the owner did not know yet are None and keep what the table has."""
         changed = []
         tasks = self.tasks
         for r in body["records"]:

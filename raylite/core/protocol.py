@@ -85,6 +85,23 @@ _dumps = pickle.dumps
 _loads = pickle.loads
 
 
+# --- task records (state API, timeline): owners send them in batches (TASK_EVENTS) ----
+# A record is a list, one slot per field below; a field an owner does not know yet is
+# None and keeps what the head's table has.
+TASK_RECORD_FIELDS = ("task_id", "name", "job_id", "actor_id", "submitted", "sent",
+                      "node_id", "worker_id", "start", "end", "error", "attempts")
+(TR_TASK_ID, TR_NAME, TR_JOB_ID, TR_ACTOR_ID, TR_SUBMITTED, TR_SENT, TR_NODE_ID,
+ TR_WORKER_ID, TR_START, TR_END, TR_ERROR, TR_ATTEMPTS) = range(len(TASK_RECORD_FIELDS))
+
+
+def task_record(task_id: bytes, name=None, job_id=None, actor_id=None,
+                submitted=None) -> list:
+    """A new task record (see TASK_RECORD_FIELDS)."""
+    rec = [None] * len(TASK_RECORD_FIELDS)
+    rec[:5] = task_id, name, job_id, actor_id, submitted
+    return rec
+
+
 # --- validation ------------------------------------------------------------------------
 # Every inbox is authenticated (transport.py): only holders of the cluster token reach it.
 # What they send is still checked before a handler sees it, so a malformed message (a
@@ -155,7 +172,8 @@ SCHEMA: dict[bytes, dict] = {
     PING_EVENTS: {"nonce": _ANY},
     GET_STATE: {"reply_to": _addr, "?sections": _str_list, "?limit": int},
     TASK_EVENTS: {"records": lambda x: isinstance(x, list) and all(
-        isinstance(r, list) and len(r) == 11 and isinstance(r[0], bytes) for r in x)},
+        isinstance(r, list) and len(r) == len(TASK_RECORD_FIELDS) and
+        isinstance(r[0], bytes) for r in x)},
     REMOVE_NODE: {"node_id": str},
     AUTOSCALER_REPORT: {"status": dict},
     CREATE_PG: {"pg_id": str, "bundles": lambda x: isinstance(x, list) and x and all(
