@@ -1,7 +1,9 @@
-"""Ray's ``ray.util``: scheduling strategies, placement groups, the state API."""
+"""Ray's ``ray.util``: scheduling strategies, placement groups, the state API, and the
+libraries many Ray notebooks use: ``ActorPool``, ``queue.Queue``, ``multiprocessing.Pool``."""
 
 from __future__ import annotations
 
+from raylite.util.actor_pool import ActorPool
 from raylite.util.placement_group import (
     PlacementGroup,
     get_current_placement_group,
@@ -15,15 +17,15 @@ from raylite.util.scheduling_strategies import (
     PlacementGroupSchedulingStrategy,
 )
 
-__all__ = ["NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy",
+__all__ = ["ActorPool", "NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy",
            "PlacementGroup", "placement_group", "remove_placement_group",
            "get_placement_group", "placement_group_table", "get_current_placement_group",
-           "state"]
+           "state", "queue", "multiprocessing"]
 
 
 def __getattr__(name: str):
-    if name == "state":
+    if name in ("state", "queue", "multiprocessing"):
         import importlib
 
-        return importlib.import_module("raylite.util.state")
+        return importlib.import_module(f"raylite.util.{name}")
     raise AttributeError(f"module 'raylite.util' has no attribute {name!r}")
