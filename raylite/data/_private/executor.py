@@ -118,6 +118,11 @@ def _window(options, stages: list[O.Stage]) -> int:
             cpu -= excl.cpu
     per_task = max([s.remote_args.get("num_cpus", 1) or 0 for s in stages
                     if not s.actors] or [1]) or 1
+    if cpu < per_task:
+        log.warning("The dataset's tasks need %g CPU each but only %g CPU is left to data "
+                    "(the rest is excluded or held by training workers): they wait until a "
+                    "CPU frees up. Give the workers fewer CPUs or the cluster more.",
+                    per_task, max(cpu, 0))
     n = max(1, int(cpu / per_task))
     conc = [s.concurrency for s in stages if not s.actors and isinstance(s.concurrency, int)]
     if conc:
