@@ -220,3 +220,91 @@ def test_temporary_actor_handles_live_while_their_calls_are_pending():
     finally:
         raylite.shutdown()
     assert_no_leaks()
+
+
+def test_a_paused_node_is_declared_dead_reads_fail_fast_and_it_rejoins_as_new():
+    import numpy as np
+
+    from raylite.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "labels": {"r": "a"}})
+    try:
+        b = c.add_node(num_cpus=1, labels={"r": "b"})
+        c.connect()
+
+        @raylite.remote(num_cpus=0, label_selector={"r": "b"})
+        class Maker:
+            def make(self):
+                return np.ones(4 << 20, dtype=np.uint8)  # stored on node b, not rebuildable
+
+        @raylite.remote(label_selector={"r": "b"})
+        def where():
+            return raylite.get_runtime_context().get_node_id()
+
+        ref = Maker.remote().make.remote()
+        raylite.wait([ref], timeout=30, fetch_local=False)  # ready, and still only on b
+        agent = c._local.agents[b.node_id]
+        os.kill(agent.pid, signal.SIGSTOP)  # the agent stops answering: no heartbeats
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(raylite.exceptions.ObjectLostError):
+                raylite.get(ref, timeout=60)
+            assert time.monotonic() - t0 < 30  # seconds, not the old 600 s wait
+            wait_for_condition(lambda: not next(n for n in raylite.nodes()
+                                                if n["NodeID"] == b.node_id)["Alive"])
+        finally:
+            os.kill(agent.pid, signal.SIGCONT)  # its heartbeats resume
+
+        def rejoined():
+            return [n["NodeID"] for n in raylite.nodes()
+                    if n["Alive"] and n["Labels"].get("r") == "b"]
+        wait_for_condition(rejoined, timeout=30, message="the node rejoined")
+        new_id = rejoined()[0]
+        assert new_id != b.node_id  # as a new node: nothing of the old one is trusted
+        assert raylite.get(where.remote(), timeout=30) == new_id
+        assert raylite.get(raylite.put(np.arange(5))).sum() == 10
+    finally:
+        c.shutdown()
+
+
+def test_head_tables_stay_bounded_under_actor_and_group_churn():
+    from raylite.core import head as head_mod
+    from raylite.core import protocol as P
+    from raylite.core import runtime
+    from raylite.util.placement_group import placement_group, remove_placement_group
+
+    raylite.init(num_cpus=1)
+    try:
+        @raylite.remote(resources={"never": 1})  # never placed: churn costs no process
+        class Ghost:
+            pass
+
+        n = 10_000
+        for i in range(n):
+            g = Ghost.options(name=f"ghost-{i}").remote()
+            raylite.kill(g)
+        for _ in range(3000):
+            remove_placement_group(placement_group([{"never": 1}]))
+
+        def counts():
+            st = runtime.core.request_head(P.GET_STATE, {"sections": ["actors",
+                                                                      "placement_groups"]})
+            return len(st["actors"]), len(st["placement_groups"])
+
+        wait_for_condition(lambda: counts()[0] <= head_mod.MAX_DEAD_ACTORS + 1, timeout=60)
+        actors, groups = counts()
+        assert groups <= head_mod.MAX_REMOVED_PGS
+        # names of dead actors are free again; the newest dead ones are still listed
+        fresh = Ghost.options(name="ghost-0").remote()
+        names = {a["name"] for a in state.list_actors()}
+        assert f"ghost-{n - 1}" in names and "ghost-5" not in names
+        raylite.kill(fresh)
+
+        @raylite.remote
+        class Real:
+            def ping(self):
+                return "pong"
+
+        assert raylite.get(Real.remote().ping.remote()) == "pong"  # still healthy
+    finally:
+        raylite.shutdown()

@@ -141,6 +141,36 @@ class Agent:
     def on_shutdown(self, body: dict) -> None:
         self.running = False
 
+    def on_rejoin(self, body: dict) -> None:
+        """The head declared this node dead (its heartbeats stopped for a while) and now
+        hears from it again: its workers and objects are gone for the cluster, so kill
+        the workers, empty the store and register again as a new node (``node_id``)."""
+        log.warning("node %s was declared dead by the head; rejoining as %s",
+                    self.node_id, body["node_id"])
+        for pid, child in list(self.children.items()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.poller.unregister(child["fd"])  # their exits are not news any more
+            os.close(child["fd"])
+        self.wait_gone(list(self.children))
+        self.children.clear()
+        self.transfers.fail_all("this node rejoined the cluster as a new node")
+        store.remove_dir(self.store_dir)
+        self.node_id = body["node_id"]
+        self.store_dir = store.node_dir(self.session, self.node_id)
+        os.makedirs(self.store_dir, exist_ok=True)
+        self.register()
+        for _ in range(self.warm):
+            self.spawn_worker({}, "")
+
+    def register(self) -> None:
+        self.send_head(P.REGISTER_NODE, {
+            "node_id": self.node_id, "addr": self.addr, "resources": self.resources,
+            "labels": self.labels, "host": socket.gethostname(), "pid": os.getpid(),
+            "warm": self.warm})
+
     def run(self) -> None:
         import zmq
 
@@ -150,14 +180,11 @@ class Agent:
         self.outbox = Outbox(self.transport)
         self.inbox, self.addr = self.transport.bind()
         self.transfers = Transfers(self)
-        self.send_head(P.REGISTER_NODE, {
-            "node_id": self.node_id, "addr": self.addr, "resources": self.resources,
-            "labels": self.labels, "host": socket.gethostname(), "pid": os.getpid(),
-            "warm": self.warm})
+        self.register()
         handlers = {P.SPAWN_WORKER: self.on_spawn, P.KILL_WORKER: self.on_kill_worker,
                     P.PULL: self.transfers.on_pull,
                     P.FETCH_CHUNK: self.transfers.on_fetch_chunk, P.SHUTDOWN: self.on_shutdown,
-                    P.CHUNK: self.transfers.on_chunk}
+                    P.CHUNK: self.transfers.on_chunk, P.REJOIN: self.on_rejoin}
         poller = self.poller = zmq.Poller()
         poller.register(self.inbox, zmq.POLLIN)
         poller.register(self.zygote_sock.fileno(), zmq.POLLIN)
@@ -198,6 +225,8 @@ class Agent:
                     self.read_output(*by_fd[fd])
             self.flush_partial_lines()
             now = time.monotonic()
+            if self.transfers.pulls:
+                self.transfers.check_stalled(now)
             if now - last_beat > HEARTBEAT_S:
                 last_beat = now
                 used, count = store.usage(self.store_dir)

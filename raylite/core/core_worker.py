@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import _thread
 import collections
+import concurrent.futures
 import logging
 import os
 import sys
@@ -41,6 +42,7 @@ PIPELINE_MAX_TASK_S = 0.002  # pipeline only tasks that take less than this on a
 PIPELINE_MAX_AGE_S = 0.005   # ... and only behind a task sent less than this ago
 STEAL_AFTER_S = 0.01         # take back tasks queued behind one running longer than this
 LEASE_IDLE_S = float(os.environ.get("RAYLITE_LEASE_IDLE_S", "0.1"))
+PULL_TIMEOUT_S = 120.0       # a backstop: the agent fails a stalled pull much sooner
 BACKLOG_S = 0.2              # how often queue lengths behind lease requests are reported
 TASK_EVENTS_S = 0.1          # how often task records go to the head (state API, timeline)
 MAX_LEASE_REQUESTS = 8
@@ -244,6 +246,12 @@ class CoreWorker:
         ``abort()`` turns true, e.g. the head process died)."""
         fut = self._new_request(body)
         self.send_head(msg_type, body)
+        try:
+            return self._await_reply(fut, msg_type, timeout, abort)
+        finally:  # answered, timed out or interrupted: the request is not kept
+            self._requests.pop(body["req_id"], None)
+
+    def _await_reply(self, fut: Future, msg_type: bytes, timeout, abort):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             step = 0.05 if abort is not None else None
@@ -557,7 +565,15 @@ class CoreWorker:
 
     def _value(self, ref: ObjectRef):
         desc = self._objects[ref.id].desc
-        return self.read_desc(desc, ref.id)
+        try:
+            return self.read_desc(desc, ref.id)
+        except exc.ObjectLostError:
+            # its node died while we read: when the object is being rebuilt from lineage
+            # (its entry changed meanwhile), wait for the new copy instead of failing
+            entry = self._objects.get(ref.id)
+            if entry is None or entry.desc is desc:
+                raise
+            return self.get([ref])[0]
 
     def read_desc(self, desc: tuple, oid: bytes | None = None):
         kind = desc[0]
@@ -597,10 +613,15 @@ class CoreWorker:
         body = {"src_path": path, "src_addr": src}
         fut = self._new_request(body)
         self.outbox.send(mine, P.encode(P.PULL, body))
-        try:
-            return fut.result(600)
+        try:  # the agent fails a pull whose source goes quiet (transfer.STALL_S)
+            return fut.result(PULL_TIMEOUT_S)
         except FileNotFoundError as e:
             raise exc.ObjectLostError("", str(e)) from None
+        except concurrent.futures.TimeoutError:
+            raise exc.ObjectLostError("", f"Pulling {path} from node {node_id} did not "
+                                      f"finish within {PULL_TIMEOUT_S:g}s.") from None
+        finally:
+            self._requests.pop(body["req_id"], None)
 
     def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None):
         with self._lock:

@@ -32,6 +32,9 @@ log = logging.getLogger("raylite.head")
 NODE_TIMEOUT_S = float(os.environ.get("RAYLITE_NODE_TIMEOUT_S", "3.0"))
 DRIVER_TIMEOUT_S = 15.0
 MAX_TASK_RECORDS = 20000  # the task table keeps the most recent ones (as Ray's, bounded)
+MAX_DEAD_ACTORS = 2000    # dead actors, removed groups and dead nodes kept for the state
+MAX_REMOVED_PGS = 2000    # API; older ones are pruned, so churn never grows the head
+MAX_DEAD_NODES = 200
 
 
 def task_info(r: list) -> dict:
@@ -71,6 +74,7 @@ class Node:
             collections.deque)  # env_key -> grants waiting for a new worker
         self.spawning: collections.Counter = collections.Counter()
         self.warm = int(body.get("warm", 0))
+        self.rejoin_sent = False
         self.spawning[""] = int(body.get("warm", 0))  # the agent forks its pool at start
         self.gpus = GpuSet(int(self.total.get("GPU", 0)))
 
@@ -238,6 +242,10 @@ class Head:
         self.running = True
         self.last_refused_log = 0.0
         self.dropped = 0  # invalid messages dropped
+        self.rejoins = 0
+        self.dead_actors: collections.deque = collections.deque()  # oldest first
+        self.removed_pgs: collections.deque = collections.deque()
+        self.dead_nodes: collections.deque = collections.deque()
         # log connections refused for a missing or wrong token
         self.monitor = self.inbox.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL |
@@ -380,6 +388,16 @@ class Head:
     def on_heartbeat(self, body: dict) -> None:
         if "node_id" in body:
             node = self.nodes.get(body["node_id"])
+            if node is not None and not node.alive:
+                # its heartbeats resumed after it was declared dead (a pause, a network
+                # split): its workers are gone for the cluster, so it comes back as a
+                # new, empty node, never as the old one
+                if not node.rejoin_sent:
+                    node.rejoin_sent = True
+                    self.rejoins += 1
+                    self.send(node.addr, P.REJOIN, {
+                        "node_id": f"{node.node_id.split('~')[0]}~{self.rejoins}"})
+                return
             if node is not None:
                 node.last_seen = time.monotonic()
                 node.transfers = body.get("transfers", 0)
@@ -444,6 +462,11 @@ class Head:
     def node_died(self, node: Node) -> None:
         node.alive = False
         node.pool.zero()
+        self.dead_nodes.append(node.node_id)
+        while len(self.dead_nodes) > MAX_DEAD_NODES:
+            old = self.nodes.get(self.dead_nodes.popleft())
+            if old is not None and not old.alive:
+                del self.nodes[old.node_id]
         for w in [w for w in self.workers.values() if w.node_id == node.node_id]:
             self.worker_died(w, f"its node {node.node_id} died")
         for grants in node.waiting_spawn.values():
@@ -766,6 +789,15 @@ class Head:
         actor.state = state
         info = actor.info()
         self.publish(P.EV_ACTOR, info)
+        if state == "DEAD":
+            key = (actor.namespace, actor.name)
+            if actor.name and self.named.get(key) == actor.actor_id:
+                del self.named[key]  # the name is free again
+            self.dead_actors.append(actor.actor_id)
+            while len(self.dead_actors) > MAX_DEAD_ACTORS:
+                old = self.actors.get(self.dead_actors.popleft())
+                if old is not None and old.state == "DEAD" and not old.waiters:
+                    del self.actors[old.actor_id]
         if state in ("ALIVE", "DEAD"):
             for body in actor.waiters:
                 self.reply(body, info)
@@ -900,6 +932,11 @@ class Head:
     def remove_pg(self, pg: PlacementGroup) -> None:
         was_placed = pg.state == "CREATED"
         pg.state = "REMOVED"
+        self.removed_pgs.append(pg.pg_id)
+        while len(self.removed_pgs) > MAX_REMOVED_PGS:
+            old = self.pgs.get(self.removed_pgs.popleft())
+            if old is not None and old.state == "REMOVED" and not old.waiters:
+                del self.pgs[old.pg_id]
         if was_placed:
             self.unplace_pg(pg)
         self.pending_pgs = [p for p in self.pending_pgs if p is not pg]

@@ -49,6 +49,7 @@ REPLY = b"reply"                        # generic answer: req_id, value / error
 SPAWN_WORKER = b"spawn_worker"          # to agent: env_vars, env_key
 KILL_WORKER = b"kill_worker"            # to agent: worker_id
 BECOME_ACTOR = b"become_actor"          # to worker (task inbox): actor spec
+REJOIN = b"rejoin"                      # to agent declared dead: node_id -> come back as it
 
 # --- published by the head (PUB socket, topic = first frame) --------------------------
 EV_ACTOR = b"actor"                     # actor_id, state, addr, core_addr, error
@@ -186,6 +187,7 @@ SCHEMA: dict[bytes, dict] = {
     SPAWN_WORKER: {"?env_vars": dict, "?env_key": str},
     KILL_WORKER: {"?pid": int},
     BECOME_ACTOR: {"actor_id": bytes, "cls": bytes, "meta": dict},
+    REJOIN: {"node_id": str},
     EXECUTE: {"task_id": bytes, "fn_id": _ANY, "owner": _addr, "name": str, "nret": _ANY},
     ACTOR_CALL: {"task_id": bytes, "method": str, "owner": _addr, "nret": _ANY},
     TASK_DONE: {"task_id": bytes},

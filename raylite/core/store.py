@@ -21,6 +21,7 @@ their pages.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import mmap
 import os
@@ -442,9 +443,17 @@ def make_room(directory: str, need: int, cap: int) -> None:
     ``cap``; raise ObjectStoreFullError when even an empty store could not hold them.
     Readers find spilled objects on disk; a reader that has an object mapped keeps its
     view (the memory is released when it unmaps)."""
-    entries = [e for e in os.scandir(directory)
-               if not e.name.endswith(".tmp") and e.name != FREE_DIR]
-    sizes = {e.path: e.stat().st_size for e in entries}
+    # finished object files only: never a file being written (.tmp) or pulled (.pull);
+    # a file freed while we look is skipped (its stat fails), never an error of the put
+    sizes, mtimes = {}, {}
+    for e in os.scandir(directory):
+        if not _OBJECT_NAME.fullmatch(e.name):
+            continue
+        try:
+            st = e.stat()
+        except FileNotFoundError:
+            continue
+        sizes[e.path], mtimes[e.path] = st.st_size, st.st_mtime_ns
     used = sum(sizes.values())
     pooled = sum(size for size, _ in _pool(os.path.join(directory, FREE_DIR)))
     if used + pooled + need <= cap:
@@ -453,18 +462,19 @@ def make_room(directory: str, need: int, cap: int) -> None:
         drop_pool(directory)
     if used + need <= cap:
         return
-    for e in sorted(entries, key=lambda e: e.stat().st_mtime_ns):
+    for path in sorted(sizes, key=mtimes.__getitem__):
         if used + need <= cap:
             return
-        target = spill_path(e.path)
+        target = spill_path(path)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         try:
-            shutil.copyfile(e.path, target + ".tmp")
+            shutil.copyfile(path, target + ".tmp")
             os.rename(target + ".tmp", target)
-            os.unlink(e.path)
-        except FileNotFoundError:
-            pass  # freed meanwhile
-        used -= sizes[e.path]
+            os.unlink(path)
+        except FileNotFoundError:  # freed meanwhile: its room is free anyway
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target + ".tmp")
+        used -= sizes[path]
     if used + need > cap:
         from raylite.exceptions import ObjectStoreFullError
 

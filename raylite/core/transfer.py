@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import time
 
 from raylite.core import protocol as P
 from raylite.core import store
@@ -19,13 +20,16 @@ from raylite.core import store
 log = logging.getLogger(__name__)
 
 CHUNK = 8 << 20
+# a pull whose source sends nothing for this long fails (its node died or is cut off):
+# readers get ObjectLostError within seconds, never a bare timeout minutes later
+STALL_S = float(os.environ.get("RAYLITE_PULL_STALL_S", "10"))
 WINDOW = 4
 SERVED = 8  # object files kept mapped for the chunks still to come
 
 
 class Pull:
     __slots__ = ("path", "src", "src_addr", "tmp", "fd", "size", "next_offset", "received",
-                 "waiters")
+                 "waiters", "last")
 
     def __init__(self, path: str, src: str, src_addr: str):
         self.path = path          # where the copy goes on this node
@@ -37,6 +41,7 @@ class Pull:
         self.next_offset = 0
         self.received = 0
         self.waiters: list[dict] = []
+        self.last = time.monotonic()  # when the source was last heard from
 
 
 class Transfers:
@@ -73,13 +78,32 @@ class Transfers:
             "path": pull.src, "offset": offset, "length": CHUNK, "dest": pull.path,
             "reply_to": self.agent.addr}))
 
+    def check_stalled(self, now: float) -> None:
+        for pull in list(self.pulls.values()):
+            if now - pull.last > STALL_S:
+                self._finish(pull, error=f"the node holding {os.path.basename(pull.src)} "
+                             f"({pull.src_addr}) sent nothing for {STALL_S:g}s")
+
+    def fail_all(self, why: str) -> None:
+        for pull in list(self.pulls.values()):
+            self._finish(pull, error=why)
+
     def on_chunk(self, body: dict, bufs: list) -> None:
         pull = self.pulls.get(body["dest"])
         if pull is None:
             return
+        pull.last = time.monotonic()
         if body.get("error"):
             self._finish(pull, error=body["error"])
             return
+        try:
+            self._write_chunk(pull, body, bufs)
+        except OSError as e:  # e.g. ENOSPC: this transfer fails, the node goes on
+            log.warning("pull of %s failed: %s", pull.src, e)
+            if pull.path in self.pulls:
+                self._finish(pull, error=f"cannot store the copy on this node: {e}")
+
+    def _write_chunk(self, pull: Pull, body: dict, bufs: list) -> None:
         if pull.fd is None:
             pull.size = body["size"]
             # a pooled file's pages exist already: writing them is about twice as fast
@@ -107,6 +131,8 @@ class Transfers:
         del self.pulls[pull.path]
         if pull.fd is not None:
             os.close(pull.fd)
+            pull.fd = None
+        if error is not None:
             store.delete(pull.tmp)
         for body in pull.waiters:
             self._answer(body, pull.path, error)

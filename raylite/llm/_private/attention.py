@@ -47,7 +47,8 @@ class AttentionMetadata:
     num_decode: int                      # the first num_decode tokens are decode tokens
     crow: torch.Tensor | None = None     # CSR pattern of the decode rows (t * H + h)
     cols: torch.Tensor | None = None     # [nnz] row of the K/V pool viewed as [slots*Hk, hd]
-    row_ids: torch.Tensor | None = None  # [nnz] the row of each entry
+    pad_idx: torch.Tensor | None = None  # [nnz] entry -> place in a [rows, pad_len] grid
+    pad_len: int = 0                     # the longest decode row
     gather_tables: torch.Tensor | None = None  # [Bd, L] slots, for attention="gather"
     gather_lens: torch.Tensor | None = None    # [Bd]
     prefills: list[PrefillChunk] = field(default_factory=list)
@@ -101,11 +102,12 @@ def _decode_pattern(md, tables, lens, bs, H, Hk, sort):
     cols = slot * Hk + (row_ids % H) // (H // Hk)
     if sort:  # some GPU sparse kernels want sorted columns within a row
         cols = (row_ids * (cols.max() + 1) + cols).sort().values % (cols.max() + 1)
-    md.crow, md.cols, md.row_ids = crow, cols, row_ids
+    md.pad_len = int(lens.max())
+    md.crow, md.cols, md.pad_idx = crow, cols, row_ids * md.pad_len + kpos
 
 
 def _to(md: AttentionMetadata, device) -> AttentionMetadata:
-    for name in ("slots", "crow", "cols", "row_ids", "gather_tables", "gather_lens"):
+    for name in ("slots", "crow", "cols", "pad_idx", "gather_tables", "gather_lens"):
         t = getattr(md, name)
         if t is not None:
             setattr(md, name, t.to(device, non_blocking=True))
@@ -165,11 +167,12 @@ def _decode_sparse(q, kp, vp, md, scale):
                                           size=(B * H, n_cols), check_invariants=False)
     s = torch.sparse.sampled_addmm(pattern, q.reshape(B * H, hd), kp.view(n_cols, hd).t(),
                                    beta=0.0, alpha=scale).values()
-    # softmax within each row (rows are runs of entries)
-    m = s.new_full((B * H,), float("-inf")).scatter_reduce_(0, md.row_ids, s, "amax")
-    e = (s - m[md.row_ids]).exp_()
-    den = s.new_zeros(B * H).index_add_(0, md.row_ids, e)
-    p = torch.sparse_csr_tensor(md.crow, md.cols, e / den[md.row_ids], size=(B * H, n_cols),
+    # softmax within each row: lay the entries out in a padded grid (-inf elsewhere), so
+    # the softmax is one dense op (segment reductions measured ~5x slower here)
+    grid = s.new_full((B * H * md.pad_len,), float("-inf"))
+    grid.index_copy_(0, md.pad_idx, s)
+    probs = grid.view(B * H, md.pad_len).softmax(-1).view(-1).index_select(0, md.pad_idx)
+    p = torch.sparse_csr_tensor(md.crow, md.cols, probs, size=(B * H, n_cols),
                                 check_invariants=False)
     return (p @ vp.view(n_cols, hd)).view(B, H, hd)
 

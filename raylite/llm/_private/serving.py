@@ -223,7 +223,7 @@ class LLMServer:
                     last = item
                     lp = logprobs_block(tok, item.delta_token_ids, item.delta_logprobs,
                                         chat=chat)
-                    if item.delta_text or item.finished or lp:
+                    if item.delta_token_ids or item.finished:  # one event a token
                         events.append(sse(stream_chunk(
                             sid, model, created, chat=chat, text=item.delta_text,
                             finish_reason=item.finish_reason if item.finished else None,

@@ -8,9 +8,13 @@ decodes a sequence's output so far and holds back a trailing partial UTF-8 chara
 
 from __future__ import annotations
 
+import logging
 import os
 
+log = logging.getLogger(__name__)
 EOT = 256
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json",
+                   "tokenizer.model")
 
 
 class ByteTokenizer:
@@ -70,4 +74,7 @@ def load_tokenizer(path: str | None):
         return ByteTokenizer()
     if not os.path.isdir(path):
         raise ValueError(f"tokenizer directory {path!r} does not exist")
+    if not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        log.warning("no tokenizer files in %s: using the byte tokenizer", path)
+        return ByteTokenizer()
     return HFTokenizer(path)

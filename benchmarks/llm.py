@@ -1,0 +1,428 @@
+"""LLM benchmark: raylite's engine beside HF ``generate`` with static batching and the
+model's own decode step (the floor), in-process and through the OpenAI HTTP endpoint.
+
+Run from the repository root:
+
+    python benchmarks/llm.py [--quick]            # CPU: everything, JSON + plot
+    python benchmarks/llm.py --device cuda --model gpt2-124m   # GPU check (no HTTP)
+
+Model: a GPT-2-style transformer with random weights (HF ``GPT2LMHeadModel``; the
+engine serves the same module through its paged forward): ``small`` = 6 layers, d=384,
+6 heads, vocab 4096, fp32 (12.4M parameters, the issue's); ``gpt2-124m`` = GPT-2 small's
+shape. Workload: N concurrent streams (1, 8, 32), 32-token random prompts, max_new_tokens
+uniform in 8..128 (seeded), EOS ignored. Measured:
+
+- engine: all N requests at once; useful tokens/s (tokens asked for / wall time), time to
+  first token (TTFT) and inter-token latency (ITL) p50/p99 per token;
+- HF static: one ``generate`` over the batch to its longest request (every slot runs to
+  the end; wasted = slots past their request's length); useful tokens/s;
+- floor: the model's decode step at batch N with HF's KV cache, 128 steps after a
+  prefill: tokens/s with no waste and no scheduling;
+- HTTP: the same workload through ``/v1/completions`` with ``stream=true`` (httpx, N
+  async clients) on a 2-CPU raylite cluster: tokens/s, TTFT, ITL, and TTFT at 1 stream
+  beside the engine's own;
+- prefix caching: TTFT of a prompt whose 512-token prefix is cached, against the same
+  prompt cold (medians of 3 prefixes).
+
+Targets (issue #15, 2-core machine): engine >= 1,800 useful tokens/s at 32 streams (>= 80%
+of the floor, >= 1.8x HF static); HTTP with streaming >= 1,500 tokens/s; HTTP TTFT within
+5 ms of the engine's; prefix caching cuts TTFT >= 5x. Results:
+``benchmarks/results/llm.json`` and ``benchmarks/results/llm.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._runner import run_json, write_json  # noqa: E402
+from benchmarks.core import RESULTS, _shown, machine_info  # noqa: E402
+
+MODELS = {"small": dict(vocab_size=4096, n_embd=384, n_layer=6, n_head=6),
+          "gpt2-124m": dict(vocab_size=50257, n_embd=768, n_layer=12, n_head=12)}
+STREAMS = (1, 8, 32)
+PROMPT_LEN = 32
+MAX_NEW = (8, 128)
+ENGINE_KW = dict(max_num_seqs=64, max_num_batched_tokens=512, block_size=16)
+TARGET = {"engine_tps": 1800.0, "floor_frac": 0.8, "vs_hf": 1.8, "http_tps": 1500.0,
+          "ttft_gap_ms": 5.0, "prefix_speedup": 5.0}
+WORKER_TIMEOUT_S = 1500
+
+
+# --------------------------------------------------------------------------- pieces
+def make_model(name: str, device: str = "cpu", seed: int = 0):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_positions=1024, **MODELS[name])
+    return GPT2LMHeadModel(cfg).eval().to(device)
+
+
+def workload(n: int, vocab: int, seed: int = 0) -> tuple[list[list[int]], list[int]]:
+    rnd = random.Random(seed + n)
+    prompts = [[rnd.randrange(vocab) for _ in range(PROMPT_LEN)] for _ in range(n)]
+    return prompts, [rnd.randint(*MAX_NEW) for _ in range(n)]
+
+
+def pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def latency_summary(times: dict[str, list[float]], start: dict[str, float]) -> dict:
+    ttft = [ts[0] - start[r] for r, ts in times.items() if ts]
+    itl = [b - a for ts in times.values() for a, b in zip(ts, ts[1:], strict=False)]
+    ms = 1000.0
+    return {"ttft_p50_ms": pct(ttft, .5) * ms, "ttft_p99_ms": pct(ttft, .99) * ms,
+            "itl_p50_ms": (pct(itl, .5) or 0) * ms, "itl_p99_ms": (pct(itl, .99) or 0) * ms}
+
+
+def run_engine(engine, prompts, lens) -> dict:
+    from raylite.llm import SamplingParams
+
+    times: dict[str, list[float]] = {}
+    start: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for i, (p, n) in enumerate(zip(prompts, lens, strict=True)):
+        rid = engine.add_request(f"r{i}", p, SamplingParams(max_tokens=n, temperature=0,
+                                                           ignore_eos=True))
+        start[rid], times[rid] = time.perf_counter(), []
+    while engine.has_unfinished_requests():
+        outs = engine.step()
+        now = time.perf_counter()
+        for o in outs:
+            times[o.request_id].extend([now] * len(o.delta_token_ids))
+    wall = time.perf_counter() - t0
+    return {"tokens_per_s": sum(lens) / wall, "wall_s": wall,
+            **latency_summary(times, start)}
+
+
+def run_hf_static(model, prompts, lens) -> dict:
+    import torch
+
+    dev = next(model.parameters()).device
+    ids = torch.tensor(prompts, device=dev)
+    longest = max(lens)
+    _sync(dev)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=longest,
+                       min_new_tokens=longest, do_sample=False, pad_token_id=0)
+    _sync(dev)
+    wall = time.perf_counter() - t0
+    return {"tokens_per_s": sum(lens) / wall, "wall_s": wall,
+            "wasted_frac": 1 - sum(lens) / (len(lens) * longest)}
+
+
+def run_floor(model, n: int, steps: int = 128) -> dict:
+    import torch
+    from transformers import DynamicCache
+
+    dev = next(model.parameters()).device
+    ids = torch.randint(0, model.config.vocab_size, (n, PROMPT_LEN), device=dev)
+    with torch.inference_mode():
+        cache = DynamicCache()
+        out = model(ids, past_key_values=cache, use_cache=True)
+        tok = out.logits[:, -1].argmax(-1, keepdim=True)
+        _sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            out = model(tok, past_key_values=out.past_key_values, use_cache=True)
+            tok = out.logits[:, -1].argmax(-1, keepdim=True)
+        _sync(dev)
+    wall = time.perf_counter() - t0
+    return {"tokens_per_s": n * steps / wall, "step_ms": wall / steps * 1000}
+
+
+def _sync(dev) -> None:
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def new_engine(model, **kw):
+    from raylite.llm import LLMEngine
+
+    eng = LLMEngine(model, **{**ENGINE_KW, **kw})
+    eng.generate([[1] * 8] * 4, _greedy(4))  # warm-up
+    return eng
+
+
+def _greedy(n: int):
+    from raylite.llm import SamplingParams
+
+    return SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
+
+
+def run_prefix(model, repeats: int = 3) -> dict:
+    """TTFT of a prompt with a cached 512-token prefix vs the same prompt cold."""
+    rnd = random.Random(7)
+    vocab = model.config.vocab_size
+    cold, warm = [], []
+    eng = new_engine(model, max_num_batched_tokens=1024)
+    for _ in range(repeats):
+        prefix = [rnd.randrange(vocab) for _ in range(512)]
+        for bucket, suffix in ((cold, [1, 2, 3]), (warm, [4, 5, 6])):
+            t0 = time.perf_counter()
+            eng.generate([prefix + suffix], _greedy(1))
+            bucket.append(time.perf_counter() - t0)
+    c, w = statistics.median(cold), statistics.median(warm)
+    return {"cold_ttft_ms": c * 1000, "warm_ttft_ms": w * 1000, "speedup": c / w,
+            "hit_rate": eng.stats()["prefix_cache_hit_rate"]}
+
+
+def run_http(model, streams: tuple[int, ...], engine_ttft_1: float | None) -> dict:
+    import httpx
+
+    import raylite
+    from raylite import serve
+    from raylite.serve.llm import LLMConfig, build_openai_app
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="raylite-llm-bench-") as tmp:
+        model.save_pretrained(tmp)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        raylite.init(num_cpus=2)
+        try:
+            serve.start(http_options={"port": port})
+            cfg = LLMConfig(model_loading_config={"model_id": "m", "model_source": tmp},
+                            engine_kwargs=ENGINE_KW,
+                            deployment_config={"ray_actor_options": {"num_cpus": 0}})
+            serve.run(build_openai_app({"llm_configs": [cfg]}), name="llm", route_prefix="/")
+            url = f"http://127.0.0.1:{port}/v1/completions"
+            asyncio.run(_http_round(url, *workload(4, model.config.vocab_size, 99)))  # warm
+            for n in streams:
+                prompts, lens = workload(n, model.config.vocab_size)
+                out[str(n)] = asyncio.run(_http_round(url, prompts, lens))
+        finally:
+            serve.shutdown()
+            raylite.shutdown()
+    if engine_ttft_1 is not None and "1" in out:
+        out["ttft_gap_ms_1_stream"] = out["1"]["ttft_p50_ms"] - engine_ttft_1
+    del httpx
+    return out
+
+
+async def _http_round(url: str, prompts, lens) -> dict:
+    import httpx
+
+    times: dict[str, list[float]] = {}
+    start: dict[str, float] = {}
+    counts: list[int] = []
+    limits = httpx.Limits(max_connections=len(prompts) + 4)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        async def one(i, p, n):
+            rid = f"r{i}"
+            times[rid] = []
+            start[rid] = time.perf_counter()
+            body = {"model": "m", "prompt": p, "max_tokens": n, "temperature": 0,
+                    "ignore_eos": True, "stream": True,
+                    "stream_options": {"include_usage": True}}
+            async with client.stream("POST", url, json=body) as r:
+                r.raise_for_status()
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    ev = json.loads(line[6:])
+                    if ev.get("usage"):
+                        counts.append(ev["usage"]["completion_tokens"])
+                    elif ev["choices"]:  # one event a token
+                        times[rid].append(time.perf_counter())
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i, p, n) for i, (p, n) in
+                               enumerate(zip(prompts, lens, strict=True))))
+        wall = time.perf_counter() - t0
+    return {"tokens_per_s": sum(counts) / wall, "wall_s": wall, "tokens": sum(counts),
+            **latency_summary(times, start)}
+
+
+# --------------------------------------------------------------------------- worker
+def measure(model_name: str, device: str, streams: tuple[int, ...], http: bool,
+            quick: bool) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    model = make_model(model_name, device)
+    res: dict[str, Any] = {"model": model_name, "device": device,
+                           "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+                           "torch_threads": torch.get_num_threads(),
+                           "engine": {}, "hf_static": {}, "floor": {}}
+    for backend in ("sparse",) if quick else ("sparse", "gather"):
+        key = "engine" if backend == "sparse" else "engine_gather"
+        res.setdefault(key, {})
+        eng = new_engine(model, attention_backend=backend)
+        for n in streams:
+            prompts, lens = workload(n, model.config.vocab_size)
+            res[key][str(n)] = run_engine(eng, prompts, lens)
+            print(f"{key:14s} {n:3d} streams: {res[key][str(n)]['tokens_per_s']:8.0f} tok/s",
+                  flush=True)
+    for n in streams:
+        prompts, lens = workload(n, model.config.vocab_size)
+        res["hf_static"][str(n)] = run_hf_static(model, prompts, lens)
+        res["floor"][str(n)] = run_floor(model, n, 32 if quick else 128)
+        print(f"hf static      {n:3d} streams: "
+              f"{res['hf_static'][str(n)]['tokens_per_s']:8.0f} tok/s; floor "
+              f"{res['floor'][str(n)]['tokens_per_s']:8.0f} tok/s", flush=True)
+    res["prefix"] = run_prefix(model, 1 if quick else 3)
+    print(f"prefix cache: TTFT {res['prefix']['cold_ttft_ms']:.1f} ms cold, "
+          f"{res['prefix']['warm_ttft_ms']:.1f} ms cached", flush=True)
+    if http:
+        e1 = res["engine"].get("1", {}).get("ttft_p50_ms")
+        res["http"] = run_http(model, streams, e1)
+        for n in streams:
+            print(f"http           {n:3d} streams: "
+                  f"{res['http'][str(n)]['tokens_per_s']:8.0f} tok/s", flush=True)
+    return res
+
+
+def summary(res: dict) -> dict:
+    big = str(max(int(k) for k in res["engine"]))
+    e = res["engine"][big]["tokens_per_s"]
+    f = res["floor"][big]["tokens_per_s"]
+    h = res["hf_static"][big]["tokens_per_s"]
+    out = {"streams": int(big), "engine_tps": e, "floor_tps": f, "hf_static_tps": h,
+           "engine_vs_floor": e / f, "engine_vs_hf": e / h,
+           "hf_wasted_frac": res["hf_static"][big]["wasted_frac"],
+           "prefix_speedup": res["prefix"]["speedup"]}
+    if "http" in res and big in res["http"]:
+        out["http_tps"] = res["http"][big]["tokens_per_s"]
+        out["ttft_gap_ms"] = res["http"].get("ttft_gap_ms_1_stream")
+    return out
+
+
+def print_table(res: dict) -> None:
+    streams = sorted(int(k) for k in res["engine"])
+    print(f"\nLLM ({res['model']}, {res['params_M']:.1f}M params, {res['device']})")
+    print(f"{'':18s}" + "".join(f"{n:>10d}" for n in streams) + "   streams")
+    rows = [("engine", "engine"), ("engine (gather)", "engine_gather"),
+            ("HF static", "hf_static"), ("decode floor", "floor"), ("HTTP stream", "http")]
+    for label, key in rows:
+        if key in res:
+            print(f"{label:18s}" + "".join(
+                f"{res[key][str(n)]['tokens_per_s']:10.0f}" if str(n) in res[key] else
+                f"{'-':>10s}" for n in streams) + "   tokens/s")
+    for key in ("engine", "http"):
+        if key in res:
+            for n in streams:
+                r = res[key].get(str(n))
+                if r:
+                    print(f"  {key} {n:2d}: TTFT p50/p99 {r['ttft_p50_ms']:.1f}/"
+                          f"{r['ttft_p99_ms']:.1f} ms, ITL p50/p99 {r['itl_p50_ms']:.1f}/"
+                          f"{r['itl_p99_ms']:.1f} ms")
+    p = res["prefix"]
+    print(f"  prefix cache (512-token prefix): TTFT {p['cold_ttft_ms']:.1f} -> "
+          f"{p['warm_ttft_ms']:.1f} ms ({p['speedup']:.1f}x)")
+    s = summary(res)
+    print(f"  at {s['streams']} streams: engine {s['engine_tps']:.0f} tok/s = "
+          f"{s['engine_vs_floor'] * 100:.0f}% of the floor, {s['engine_vs_hf']:.2f}x HF "
+          f"static (HF wastes {s['hf_wasted_frac'] * 100:.0f}% of its slots)")
+    if "http_tps" in s:
+        gap = s.get("ttft_gap_ms")
+        print(f"  HTTP {s['http_tps']:.0f} tok/s"
+              + (f"; TTFT through HTTP - engine at 1 stream: {gap:.1f} ms" if gap is not None
+                 else ""))
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    streams = sorted(int(k) for k in res["engine"])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    series = [("engine", "raylite engine"), ("engine_gather", "engine, gathered KV"),
+              ("http", "engine via HTTP (SSE)"), ("hf_static", "HF generate (static)"),
+              ("floor", "decode floor")]
+    width = 0.8 / len([k for k, _ in series if k in res])
+    i = 0
+    for key, label in series:
+        if key not in res:
+            continue
+        xs = [j + i * width for j in range(len(streams))]
+        a.bar(xs, [res[key].get(str(n), {}).get("tokens_per_s", 0) for n in streams],
+              width, label=label)
+        i += 1
+    a.set_xticks([j + 0.4 - width / 2 for j in range(len(streams))], [str(n) for n in streams])
+    a.set_xlabel("concurrent streams")
+    a.set_ylabel("useful tokens / s")
+    a.legend(fontsize=8)
+    a.set_title(f"throughput ({res['model']}, {res['params_M']:.1f}M, {res['device']})")
+    for key, label in (("engine", "engine"), ("http", "HTTP")):
+        if key in res:
+            b.plot(streams, [res[key][str(n)]["ttft_p50_ms"] for n in streams], "o-",
+                   label=f"{label} TTFT p50")
+            b.plot(streams, [res[key][str(n)]["itl_p50_ms"] for n in streams], "s--",
+                   label=f"{label} ITL p50")
+    b.set_xscale("log", base=2)
+    b.set_xlabel("concurrent streams")
+    b.set_ylabel("ms")
+    b.legend(fontsize=8)
+    b.set_title("latency")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="1 and 8 streams, shorter runs")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda: no HTTP part)")
+    p.add_argument("--model", choices=sorted(MODELS), default="small")
+    p.add_argument("--streams", type=int, nargs="+", help="concurrent streams")
+    p.add_argument("--no-http", action="store_true", help="skip the HTTP part")
+    p.add_argument("--json", type=Path, default=RESULTS / "llm.json", help="JSON output")
+    p.add_argument("--png", type=Path, default=RESULTS / "llm.png", help="chart output")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    streams = tuple(args.streams or ((1, 8) if args.quick else STREAMS))
+    http = not args.no_http and args.device == "cpu"
+    if args.worker:
+        write_json(args.out, measure(args.model, args.device, streams, http, args.quick))
+        return
+    if args.device != "cpu":  # the GPU check: in this process, printed, no files
+        res = measure(args.model, args.device, streams, False, args.quick)
+        print_table(res)
+        return
+    cmd = [sys.executable, __file__, "--worker", "--model", args.model, "--device",
+           args.device, "--streams", *map(str, streams)] + \
+        (["--quick"] if args.quick else []) + (["--no-http"] if not http else [])
+    res = run_json(cmd, timeout_s=WORKER_TIMEOUT_S)
+    if "skipped" in res:
+        print(f"LLM benchmark failed: {res['skipped']}\n{res.get('log', '')}")
+        sys.exit(1)
+    res["summary"] = summary(res)
+    res["target"] = TARGET
+    res["machine"] = machine_info()
+    res["load_avg"] = os.getloadavg()
+    print_table(res)
+    write_json(args.json, res)
+    plot(res, args.png)
+    print(f"wrote {_shown(args.json)} and {_shown(args.png)}")
+
+
+if __name__ == "__main__":
+    main()
