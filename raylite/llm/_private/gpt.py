@@ -131,6 +131,8 @@ class GPT(nn.Module):
     def from_pretrained(cls, path: str, device="cpu") -> GPT:
         from safetensors.torch import load_file
 
+        if is_char_model_dir(path):
+            return load_char_gpt(path, device)[0]
         with open(os.path.join(path, "config.json")) as f:
             raw = json.load(f)
         raw.pop("model_type", None)
@@ -140,9 +142,57 @@ class GPT(nn.Module):
         return model.to(device).eval()
 
 
-def is_own_model_dir(path: str) -> bool:
+CHAR_MODEL_TYPE = "raylite-char-gpt"  # what raylite.models.gpt (notebook 04) saves
+_CHAR_KEYS = {"ln1": "ln_1", "ln2": "ln_2", "attn.qkv": "attn.c_attn",
+              "attn.proj": "attn.c_proj", "mlp.0": "mlp.c_fc", "mlp.2": "mlp.c_proj"}
+
+
+def _model_type(path: str) -> str | None:
     try:
         with open(os.path.join(path, "config.json")) as f:
-            return json.load(f).get("model_type") == MODEL_TYPE
-    except (OSError, ValueError):
-        return False
+            return json.load(f).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def is_own_model_dir(path: str) -> bool:
+    """A directory of raylite's GPT (this module's, or notebook 04's character GPT)."""
+    return _model_type(path) in (MODEL_TYPE, CHAR_MODEL_TYPE)
+
+
+def is_char_model_dir(path: str) -> bool:
+    return _model_type(path) == CHAR_MODEL_TYPE
+
+
+def load_char_gpt(path: str, device="cpu") -> tuple[GPT, list[str]]:
+    """The character GPT of ``raylite.models.gpt`` (``config.json`` with its config and
+    characters, ``model.pt``) as this module's GPT (exact GELU), and its characters. The
+    weights are renamed, not changed."""
+    with open(os.path.join(path, "config.json")) as f:
+        meta = json.load(f)
+    c = meta["config"]
+    model = GPT(GPTConfig(vocab_size=c["vocab_size"], block_size=c["block_size"],
+                          n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"]))
+    for blk in model.transformer.h:
+        blk.mlp.act = nn.GELU()
+    state = torch.load(os.path.join(path, "model.pt"), map_location="cpu",
+                       weights_only=True)
+    renamed = {}
+    for key, value in state.items():
+        if key == "head.weight":
+            continue  # tied to wte
+        if key.startswith("blocks."):
+            _, i, rest = key.split(".", 2)
+            for old, new in _CHAR_KEYS.items():
+                if rest.startswith(old + "."):
+                    rest = new + rest[len(old):]
+                    break
+            key = f"transformer.h.{i}.{rest}"
+        else:
+            key = "transformer." + key
+        renamed[key] = value
+    missing, unexpected = model.load_state_dict(renamed, strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise ValueError(f"{path}: not a raylite character GPT checkpoint "
+                         f"(missing {missing}, unexpected {unexpected})")
+    return model.to(device).eval(), meta["chars"]

@@ -35,6 +35,27 @@ class ByteTokenizer:
         return "\n".join(lines) + "\nassistant:"
 
 
+class CharTokenizer:
+    """Characters as tokens (notebook 04's character GPT); no end-of-text token, and
+    an unknown character is id 0, as in ``raylite.models.gpt``."""
+
+    eos_token_id = None
+
+    def __init__(self, chars):
+        self.chars = "".join(chars)
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+        self.vocab_size = len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        return [self.stoi.get(c, 0) for c in text]
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[i] for i in ids if 0 <= i < len(self.chars))
+
+    def apply_chat_template(self, messages: list[dict]) -> str:
+        return ByteTokenizer().apply_chat_template(messages)
+
+
 class HFTokenizer:
     """A ``transformers`` tokenizer loaded from the model directory."""
 
@@ -68,8 +89,13 @@ def _content(message: dict) -> str:
 
 def load_tokenizer(path: str | None):
     """The byte tokenizer for a raylite GPT directory (or None), else HF's."""
-    from raylite.llm._private.gpt import is_own_model_dir
+    from raylite.llm._private.gpt import is_char_model_dir, is_own_model_dir
 
+    if path is not None and is_char_model_dir(path):
+        import json
+
+        with open(os.path.join(path, "config.json")) as f:
+            return CharTokenizer(json.load(f)["chars"])
     if path is None or is_own_model_dir(path):
         return ByteTokenizer()
     if not os.path.isdir(path):
