@@ -143,6 +143,11 @@ class ZeroCopyTensorsWarning(UserWarning):
     tensor had to be copied to be stored (it was not contiguous)."""
 
 
+class PendingCallsLimitExceeded(RayliteError):
+    """An actor call was refused because the caller already has ``max_pending_calls``
+    calls to that actor that have not finished (as Ray's)."""
+
+
 class RayliteSystemError(RayliteError):
     """An internal error of the runtime (a bug, or a lost connection)."""
 
@@ -152,5 +157,5 @@ __all__ = [
     "ActorUnavailableError", "WorkerCrashedError", "NodeDiedError", "ObjectLostError",
     "OwnerDiedError", "ObjectFreedError", "GetTimeoutError", "TaskCancelledError",
     "ObjectStoreFullError", "OutOfMemoryError", "RuntimeEnvSetupError", "RayliteSystemError",
-    "ZeroCopyTensorsWarning",
+    "ZeroCopyTensorsWarning", "PendingCallsLimitExceeded",
 ]

@@ -10,12 +10,24 @@ from raylite.core import serialization
 from raylite.core import serialization as ser
 from raylite.core.runtime_api import require_core
 
+METHOD_OPTIONS = frozenset({"num_returns", "concurrency_group", "name"})
 
-def method(*, num_returns=1, concurrency_group=None):
-    """Decorate an actor method to set its default ``num_returns`` (Ray: ``ray.method``)."""
+
+def method(*args, **options):
+    """Decorate an actor method to set its defaults (Ray: ``ray.method``):
+    ``num_returns`` and ``concurrency_group`` (a group the actor class declares in
+    ``concurrency_groups``). ``@method`` with no arguments is allowed. Ray's other
+    method options (``max_task_retries``, ``retry_exceptions``, ...) raise TypeError."""
+    opt.check_keywords(options, METHOD_OPTIONS - {"name"}, "method()")
+
     def wrap(fn):
-        fn.__raylite_method_options__ = {"num_returns": num_returns}
+        fn.__raylite_method_options__ = {"num_returns": options.get("num_returns", 1),
+                                         "concurrency_group": options.get("concurrency_group")}
         return fn
+    if len(args) == 1 and callable(args[0]) and not options:
+        return wrap(args[0])
+    if args:
+        raise TypeError("@method takes keyword options only, e.g. @method(num_returns=2)")
     return wrap
 
 
@@ -30,6 +42,8 @@ def _class_meta(cls) -> dict:
             is_async = True
         mopts = getattr(member, "__raylite_method_options__", {})
         methods[name] = {"num_returns": mopts.get("num_returns", 1)}
+        if mopts.get("concurrency_group"):
+            methods[name]["concurrency_group"] = mopts["concurrency_group"]
     methods["__ray_terminate__"] = {"num_returns": 1}
     return {"class_name": cls.__name__, "methods": methods, "is_async": is_async}
 
@@ -39,6 +53,16 @@ class ActorClass:
 
     ``Cls.remote(*args)`` starts the actor and returns an :class:`ActorHandle` at once
     (construction happens in the background, as in Ray).
+
+    ``concurrency_groups={"io": 2, ...}`` gives a threaded or async actor named groups of
+    calls, each with its own concurrency limit (methods join one with
+    ``@raylite.method(concurrency_group="io")``, a call with
+    ``.options(concurrency_group="io")``); the rest run in the default group, limited by
+    ``max_concurrency``. As in Ray, each group of a threaded actor has its own thread
+    pool and each group of an async actor its own event loop (thread), so a group that
+    is busy or blocked does not hold up the others. ``max_pending_calls=n`` makes a call
+    raise ``PendingCallsLimitExceeded`` while ``n`` calls made from this process to that
+    actor have not finished (as in Ray; -1, the default, is no limit).
     """
 
     def __init__(self, cls, options: dict):
@@ -77,8 +101,9 @@ class ActorClass:
         namespace = options.get("namespace")
         if namespace is None:
             namespace = core.namespace
+        meta = _instance_meta(self._meta, options)
         spec = {
-            "cls": self._cls_bytes(), "meta": self._meta, "demand": demand, **extra,
+            "cls": self._cls_bytes(), "meta": meta, "demand": demand, **extra,
             "name": options.get("name") or "", "namespace": namespace,
             "lifetime": options.get("lifetime"), "max_restarts": options.get("max_restarts", 0),
             "max_concurrency": conc, "get_if_exists": options.get("get_if_exists", False),
@@ -95,6 +120,25 @@ class ActorClass:
     def bind(self, *args, **kwargs):
         raise NotImplementedError("DAG .bind() is not supported by raylite core; "
                                   "raylite.serve deployments have .bind()")
+
+
+def _instance_meta(meta: dict, options: dict) -> dict:
+    """The class's meta plus what this actor's options add to it (its handles carry it,
+    and ``get_actor`` returns it): the concurrency groups, the pending-calls limit."""
+    groups = dict(options.get("concurrency_groups") or {})
+    for name, m in meta["methods"].items():
+        group = m.get("concurrency_group")
+        if group is not None and group not in groups:
+            raise ValueError(f"Method {meta['class_name']}.{name} is in concurrency group "
+                             f"{group!r}, which the actor does not declare; declared: "
+                             f"{sorted(groups) or 'none'} (concurrency_groups={{...}})")
+    out = dict(meta)
+    if groups:
+        out["concurrency_groups"] = groups
+    pending = options.get("max_pending_calls", -1)
+    if pending != -1:
+        out["max_pending_calls"] = pending
+    return out
 
 
 class _BoundActorClass:
@@ -149,7 +193,7 @@ class ActorHandle:
         mopts = self._meta["methods"].get(name)
         if mopts is None:
             raise AttributeError(f"Actor {self._meta['class_name']} has no method {name!r}")
-        return ActorMethod(self, name, mopts["num_returns"])
+        return ActorMethod(self, name, mopts["num_returns"], mopts.get("concurrency_group"))
 
     def __reduce__(self):
         if self._owner is not None:  # kept alive by whatever carries it until it lands
@@ -172,26 +216,40 @@ class ActorHandle:
 
 
 class ActorMethod:
-    def __init__(self, handle: ActorHandle, name: str, num_returns=1):
+    def __init__(self, handle: ActorHandle, name: str, num_returns=1,
+                 concurrency_group: str | None = None):
         self._handle = handle
         self._name = name
         self._num_returns = num_returns
+        self._group = concurrency_group
 
     def __call__(self, *args, **kwargs):
         raise TypeError(f"Actor methods cannot be called directly; use "
                         f"handle.{self._name}.remote(...).")
 
-    def options(self, *, num_returns=None, **_ignored) -> ActorMethod:
+    def options(self, **options) -> ActorMethod:
+        """Override this call's ``num_returns`` or ``concurrency_group`` (``name`` is
+        accepted and ignored: raylite names actor calls by their method). Other keywords
+        raise TypeError."""
+        opt.check_keywords(options, METHOD_OPTIONS, "an actor method's options")
+        group = options.get("concurrency_group", self._group)
+        groups = self._handle._meta.get("concurrency_groups") or {}
+        if group is not None and group not in groups:
+            raise ValueError(f"Unknown concurrency group {group!r} for "
+                             f"{self._handle._meta['class_name']}; declared: "
+                             f"{sorted(groups) or 'none'}")
+        nret = options.get("num_returns")
         return ActorMethod(self._handle, self._name,
-                           self._num_returns if num_returns is None else num_returns)
+                           self._num_returns if nret is None else nret, group)
 
     def remote(self, *args, **kwargs):
         h = self._handle
         nret = self._num_returns
         if nret == "dynamic":
             nret = "streaming"
-        out = require_core().submit_actor_task(h._actor_id, self._name, args, kwargs, nret,
-                                               h._max_task_retries)
+        out = require_core().submit_actor_task(
+            h._actor_id, self._name, args, kwargs, nret, h._max_task_retries,
+            group=self._group, max_pending=h._meta.get("max_pending_calls", -1))
         if isinstance(out, list):
             return out[0] if nret == 1 else out
         return out

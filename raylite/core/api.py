@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import html
+import inspect
 import os
 import threading
 
-from raylite.core import driver, runtime, store
+from raylite.core import driver, fetch, runtime, store
 from raylite.core import protocol as P
 from raylite.core.actor import ActorClass, ActorHandle
 from raylite.core.core_worker import HeadDiedError
 from raylite.core.object_ref import ObjectRef, ObjectRefGenerator
+from raylite.core.options import check_keywords
 from raylite.core.remote_function import RemoteFunction
 from raylite.core.runtime_api import require_core
 
@@ -79,13 +81,21 @@ def _version() -> str:
     return __version__
 
 
+IGNORED_INIT_OPTIONS = frozenset({
+    "include_dashboard", "dashboard_host", "dashboard_port", "job_config",
+    "configure_logging", "logging_level", "logging_format", "logging_config", "local_mode",
+    "enable_resource_isolation", "system_reserved_cpu", "system_reserved_memory", "_temp_dir",
+    "_system_config", "_metrics_export_port", "_enable_object_reconstruction",
+    "_plasma_directory", "_redis_password", "_memory", "_node_name"})
+
+
 def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=None,
          labels=None, object_store_memory=None, namespace: str | None = None,
          ignore_reinit_error: bool = False, log_to_driver: bool = True, nodes=None,
          runtime_env=None, enable_zero_copy_torch_tensors: bool | None = None,
          autoscaler=None,
          _node_ip_address: str | None = None, _token: str | None = None,
-         **_ignored) -> RayliteContext:
+         **ray_options) -> RayliteContext:
     """Start a local cluster (or connect to one with ``address``) and return its context.
 
     ``nodes=[{"num_cpus": 1, "labels": {...}}, ...]`` starts several *virtual nodes*, each
@@ -96,8 +106,19 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
     ``_node_ip_address`` is the address this process listens on, which the cluster's
     other processes must reach (default 127.0.0.1 for a cluster started here, else the
     address of the route to the head); a cluster started here on a non-loopback address
-    encrypts its traffic (CURVE). Options Ray has
-    that raylite does not use (e.g. ``include_dashboard``) are accepted and ignored.
+    encrypts its traffic (CURVE).
+
+    These options of Ray's are accepted and ignored (raylite has no dashboard, logs
+    through the standard ``logging`` module, and runs jobs without a job config):
+    ``include_dashboard``, ``dashboard_host``, ``dashboard_port``, ``job_config``,
+    ``configure_logging``, ``logging_level``, ``logging_format``, ``logging_config``,
+    ``local_mode`` (tasks still run in workers), ``enable_resource_isolation``,
+    ``system_reserved_cpu``, ``system_reserved_memory``, ``_temp_dir``,
+    ``_system_config``, ``_metrics_export_port``, ``_enable_object_reconstruction``,
+    ``_plasma_directory``, ``_redis_password``, ``_memory``, ``_node_name``.
+    ``runtime_env`` is accepted too, and not applied: give it per task or actor. Any
+    other keyword raises TypeError naming the closest valid one (``num_cpu`` -> "did you
+    mean 'num_cpus'?"; Ray raises RuntimeError without a suggestion).
 
     ``object_store_memory`` caps each node's store: the oldest objects spill to disk
     (read back transparently); an object that cannot fit raises ObjectStoreFullError.
@@ -110,6 +131,7 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
     ``autoscaler={...}`` starts :func:`raylite.autoscaler.start` with that config on the
     cluster started here (a raylite extension; Ray configures it in the cluster YAML).
     """
+    check_keywords(ray_options, _INIT_KEYWORDS | IGNORED_INIT_OPTIONS, "init()")
     with _init_lock:
         if runtime.core is not None:
             if ignore_reinit_error:
@@ -175,6 +197,9 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
 
             start_autoscaler(autoscaler)
         return driver._State.context
+
+
+_INIT_KEYWORDS = frozenset(p for p in inspect.signature(init).parameters if p != "ray_options")
 
 
 def shutdown() -> None:
@@ -273,7 +298,12 @@ def put(value) -> ObjectRef:
 
 def wait(refs, *, num_returns: int = 1, timeout: float | None = None,
          fetch_local: bool = True):
-    """Return ``(ready, not_ready)`` once ``num_returns`` refs are ready or on timeout."""
+    """Return ``(ready, not_ready)`` once ``num_returns`` refs are ready or on timeout.
+
+    With ``fetch_local=True`` (the default, as Ray) a ref is ready once its value is
+    also on this node: values in other nodes' stores are pulled here first (and pulls
+    started go on after the wait returns). ``fetch_local=False``: ready once computed,
+    wherever the value is. ``ready`` keeps the order of ``refs``."""
     if isinstance(refs, ObjectRef):
         raise TypeError("wait() expects a list of ObjectRefs, got a single ObjectRef")
     lst, _ = _as_list(refs, "wait")
@@ -282,7 +312,10 @@ def wait(refs, *, num_returns: int = 1, timeout: float | None = None,
     if num_returns <= 0 or num_returns > len(lst):
         raise ValueError(f"num_returns must be between 1 and len(refs)={len(lst)}, "
                          f"got {num_returns}")
-    return require_core().wait(lst, num_returns, timeout)
+    core = require_core()
+    if fetch_local:
+        return fetch.wait_local(core, lst, num_returns, timeout)
+    return core.wait(lst, num_returns, timeout)
 
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:

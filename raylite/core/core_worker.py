@@ -126,7 +126,7 @@ class _Task:
 
 class _Lease:
     __slots__ = ("worker_id", "addr", "core_addr", "node_id", "key", "inflight", "idle_since",
-                 "blocked", "gpu_ids", "fns", "stealing")
+                 "blocked", "gpu_ids", "fns", "stealing", "exiting")
 
     def __init__(self, body: dict, key):
         self.worker_id = body["worker_id"]
@@ -139,6 +139,7 @@ class _Lease:
         self.idle_since = time.monotonic()
         self.blocked = False
         self.stealing = False
+        self.exiting = False  # it ran its max_calls: used no more, never handed back
         self.fns: set = set()
 
 
@@ -336,6 +337,8 @@ class CoreWorker:
         with self._lock:
             for leases in list(self._leases.values()):
                 for lease in list(leases):
+                    if lease.exiting:  # WORKER_DIED removes it once the worker is gone
+                        continue
                     if not lease.inflight:
                         if now - lease.idle_since > LEASE_IDLE_S:
                             self._return_lease(lease)
@@ -743,6 +746,8 @@ class CoreWorker:
                   "job_id": self.job_id, "resources": demand}
         if lease_opts.get("placement_group"):
             t.body["placement_group"] = lease_opts["placement_group"]
+        if lease_opts.get("max_calls"):  # the worker exits after that many (not pipelined)
+            t.body["max_calls"] = lease_opts["max_calls"]
         out = self._register_returns(t)
         with self._lock:
             if self._task_log_on:
@@ -811,13 +816,13 @@ class CoreWorker:
         # known to be short, and only while the worker's current task is young: a long
         # task never holds up the ones behind it for long.
         pipeline = self._task_time.get(key, 1.0) < PIPELINE_MAX_TASK_S and \
-            key not in self._spread_keys
+            key not in self._spread_keys and not self._lease_opts[key][1].get("max_calls")
         now = time.monotonic()
         while q:
             best = None
             for lease in leases:
                 n = len(lease.inflight)
-                if lease.blocked or lease.stealing or n >= PIPELINE_DEPTH:
+                if lease.blocked or lease.stealing or lease.exiting or n >= PIPELINE_DEPTH:
                     continue
                 if n and not (pipeline and
                               now - next(iter(lease.inflight.values())).sent < PIPELINE_MAX_AGE_S):
@@ -949,13 +954,14 @@ class CoreWorker:
             lease = t.lease
             if lease is not None:
                 lease.inflight.pop(tid, None)
+                lease.exiting = lease.exiting or bool(body.get("exiting"))
                 now = time.monotonic()
                 avg = self._task_time.get(t.key)
                 took = now - t.sent
                 self._task_time[t.key] = took if avg is None else 0.8 * avg + 0.2 * took
                 if not lease.inflight:
                     lease.idle_since = now
-                    if t.key in self._spread_keys:  # SPREAD: schedule every task anew
+                    if t.key in self._spread_keys and not lease.exiting:  # SPREAD: anew
                         self._return_lease(lease)
             err = body.get("error")
             if err is not None and not t.cancelled and t.retries != 0 and \
@@ -1172,7 +1178,8 @@ class CoreWorker:
 
 
     def submit_actor_task(self, actor_id: bytes, method: str, args, kwargs, nret,
-                          max_task_retries: int = 0):
+                          max_task_retries: int = 0, group: str | None = None,
+                          max_pending: int = -1):
         nested: list = []
         args_desc, deps = self.encode_args(args, kwargs, nested)
         t = _Task()
@@ -1187,8 +1194,12 @@ class CoreWorker:
         t.nret = 1 if t.stream else nret
         t.body = {"task_id": tid, "method": method, "args": args_desc, "nret": t.nret,
                   "stream": t.stream, "owner": self.addr}
+        if group is not None:
+            t.body["group"] = group  # the actor's concurrency group that runs it
         out = self._register_returns(t)
         with self._lock:
+            if max_pending > 0:
+                self._check_pending_calls(t, max_pending)
             if self._task_log_on:
                 self._task_log[tid] = P.task_record(tid, method, self.job_id, actor_id,
                                                     time.time())
@@ -1203,6 +1214,20 @@ class CoreWorker:
             a.queue.append(t)
             self._await_deps(t, lambda: self._pump_actor(a))
         return out
+
+    def _check_pending_calls(self, t: _Task, limit: int) -> None:
+        """Refuse a call while ``limit`` calls from here to its actor are unfinished
+        (max_pending_calls, as Ray); the refused call leaves nothing behind (lock held)."""
+        a = self._actors.get(t.actor_id)
+        if a is None or len(a.queue) + len(a.inflight) < limit:
+            return
+        for i in range(t.nret):
+            self._objects.pop(return_id(t.task_id, i), None)
+        self._streams.pop(t.task_id, None)
+        raise exc.PendingCallsLimitExceeded(
+            f"The actor {a.name or a.actor_id.hex()} has {limit} pending calls from this "
+            f"process (max_pending_calls={limit}); wait for some to finish before calling "
+            f"{t.name} again.")
 
     def _actor_error(self, a: _Actor) -> BaseException:
         if isinstance(a.error, BaseException):

@@ -3,6 +3,7 @@ scheduling demand (resources, strategy, labels, runtime env)."""
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 
@@ -17,13 +18,33 @@ TASK_OPTIONS = COMMON | TASK_ONLY
 ACTOR_OPTIONS = COMMON | ACTOR_ONLY
 
 
+class UnknownOptionError(TypeError, ValueError):
+    """A keyword that is not an option: a TypeError, as Python raises for a mistyped
+    keyword, and a ValueError, as Ray raises for an unknown task or actor option, so
+    code written for either catches it."""
+
+
+def check_keywords(given, allowed, where: str) -> None:
+    """Raise UnknownOptionError (a TypeError) for a keyword ``where`` does not take,
+    naming the closest valid one (``init(num_cpu=2)``: "did you mean 'num_cpus'?"),
+    instead of ignoring it."""
+    for key in given:
+        if key in allowed:
+            continue
+        public = sorted(o for o in allowed if not o.startswith("_"))
+        close = difflib.get_close_matches(key, public, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UnknownOptionError(f"{where} got an unexpected keyword argument {key!r}{hint} "
+                        f"(valid: {', '.join(public)})")
+
+
 def validate(options: dict, for_actor: bool) -> dict:
+    """Check ``@remote`` / ``.options()`` arguments: an unknown name raises
+    UnknownOptionError (a TypeError and a ValueError) with the closest valid one (Ray
+    raises ValueError, without a suggestion)."""
     allowed = ACTOR_OPTIONS if for_actor else TASK_OPTIONS
-    what = "an actor" if for_actor else "a task"
-    for key in options:
-        if key not in allowed:
-            raise ValueError(f"Invalid option {key!r} for {what}; valid options are: "
-                             f"{', '.join(sorted(o for o in allowed if not o.startswith('_')))}")
+    check_keywords(options, allowed, "an actor's options" if for_actor else
+                   "a remote function's options")
     for key in ("num_cpus", "num_gpus", "memory"):
         v = options.get(key)
         if v is not None and (not isinstance(v, (int, float)) or v < 0):
@@ -57,7 +78,30 @@ def validate(options: dict, for_actor: bool) -> dict:
     scheduler.parse_selector(options.get("label_selector"))
     if options.get("lifetime") not in (None, "detached", "non_detached"):
         raise ValueError("lifetime must be 'detached' or 'non_detached'")
+    _validate_limits(options)
     return options
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _validate_limits(options: dict) -> None:
+    calls = options.get("max_calls")
+    if calls is not None and (not _int(calls) or calls < 0):
+        raise ValueError(f"max_calls must be an int >= 0 (0: no limit), got {calls!r}")
+    pending = options.get("max_pending_calls")
+    if pending is not None and (not _int(pending) or (pending < 1 and pending != -1)):
+        raise ValueError(f"max_pending_calls must be -1 (no limit) or an int >= 1, got "
+                         f"{pending!r}")
+    conc = options.get("max_concurrency")
+    if conc is not None and (not _int(conc) or conc < 1):
+        raise ValueError(f"max_concurrency must be an int >= 1, got {conc!r}")
+    groups = options.get("concurrency_groups")
+    if groups is not None and (not isinstance(groups, dict) or not all(
+            isinstance(k, str) and _int(v) and v >= 1 for k, v in groups.items())):
+        raise ValueError("concurrency_groups must be a dict of group name -> max "
+                         f"concurrency (an int >= 1), got {groups!r}")
 
 
 def strategy_of(strategy):
@@ -107,6 +151,9 @@ def lease_spec(options: dict, for_actor: bool = False) -> tuple[tuple, dict, dic
              "env_key": env_key}
     if isinstance(strategy, tuple) and strategy[0] == "pg":
         extra["placement_group"] = list(strategy[1:])
+    if options.get("max_calls"):  # such tasks get leases of their own, not pipelined
+        key += (("max_calls", options["max_calls"]),)
+        extra["max_calls"] = options["max_calls"]
     return key, demand, extra
 
 

@@ -16,6 +16,10 @@ class RemoteFunction:
 
     As in Ray, the function is pickled (by value when defined in a notebook or
     ``__main__``) the first time it is called remotely, and shipped to each worker once.
+    ``max_calls=n`` makes a worker exit after running the function ``n`` times (a fresh
+    worker takes over), to reclaim memory a library leaks; such tasks are not pipelined
+    to busy workers. Ray defaults ``max_calls`` to 1 for GPU tasks; raylite to 0 (no
+    limit) for every task.
     """
 
     def __init__(self, fn, options: dict):
@@ -61,7 +65,8 @@ class RemoteFunction:
         if isinstance(retry_exc, (list, tuple)):
             retry_exc = tuple(retry_exc)
         out = core.submit_task(
-            self._fn_id, self._fn_bytes(), self._function.__qualname__, args, kwargs,
+            self._fn_id, self._fn_bytes(), options.get("name") or self._function.__qualname__,
+            args, kwargs,
             key=key, demand=demand, nret=nret, max_retries=options.get("max_retries", 3),
             retry_exceptions=retry_exc, lease_opts=extra)
         if isinstance(out, list):

@@ -39,6 +39,7 @@ class Executor:
         self.sock = sock
         self.fns: dict[bytes, object] = {}
         self.fn_bytes: dict[bytes, bytes] = {}
+        self.calls: collections.Counter = collections.Counter()  # of max_calls functions
         self.running: bytes | None = None
         self.running_owner: str | None = None
         self.cancel_requested: bytes | None = None
@@ -57,6 +58,10 @@ class Executor:
         self.loop = None
         self.async_sem = None
         self.async_tasks: dict[bytes, object] = {}
+        # named concurrency groups: name -> a thread pool (threaded actor) or an
+        # (event loop, semaphore) pair (async actor); the default group is the fields above
+        self.group_pools: dict[str, ThreadPoolExecutor] = {}
+        self.group_loops: dict[str, tuple] = {}
         self.main_thread = threading.current_thread()
         self.handlers = {P.EXECUTE: self.on_execute, P.ACTOR_CALL: self.on_actor_call,
                          P.BECOME_ACTOR: self.on_become_actor}
@@ -246,8 +251,28 @@ class Executor:
             with self.lock:
                 self.running = None
                 self.cancel_requested = None
+        exiting = self.count_call(body)
+        if exiting:
+            reply["exiting"] = True  # the owner sends this worker nothing more
         self.reply(owner, reply)
         sys.stdout.flush()
+        if exiting:
+            self.exit()
+
+    def count_call(self, body: dict) -> bool:
+        """Count a call of a function with ``max_calls``; True once this worker has
+        run it that many times (it then exits and a fresh worker takes over, as Ray)."""
+        limit = body.get("max_calls")
+        if not limit:
+            return False
+        self.calls[body["fn_id"]] += 1
+        return self.calls[body["fn_id"]] >= limit
+
+    def exit(self) -> None:
+        """Leave now, after the replies sent so far are out: stopping the IO thread and
+        terminating the ZeroMQ context waits for them (closing a socket alone does not)."""
+        self.core.shutdown()
+        os._exit(0)
 
     def on_blocked(self, blocked: bool) -> None:
         """Called around a blocking get: lend the CPU out (the head may start other
@@ -265,7 +290,7 @@ class Executor:
         answered at once; a running one gets TaskCancelledError (through SIGINT)."""
         fut = self.async_tasks.get(tid)
         if fut is not None:
-            self.loop.call_soon_threadsafe(fut.cancel)
+            fut.get_loop().call_soon_threadsafe(fut.cancel)
             return
         with self.lock:
             if self.running == tid:
@@ -304,14 +329,18 @@ class Executor:
             args = tuple(self._get_if_ref(a) for a in args)
             kwargs = {k: self._get_if_ref(v) for k, v in kwargs.items()}
             meta = body["meta"]
+            groups = meta.get("concurrency_groups") or {}
             if meta.get("is_async"):
-                self.start_loop(body.get("max_concurrency") or 1000)
+                self.loop, self.async_sem = self.start_loop(body.get("max_concurrency") or 1000)
+                self.group_loops = {g: self.start_loop(n, g) for g, n in groups.items()}
                 self.actor = self.run_in_loop(lambda: cls(*args, **kwargs))
             else:
                 self.actor = cls(*args, **kwargs)
                 conc = body.get("max_concurrency") or 1
-                if conc > 1:
+                if conc > 1 or groups:  # the main thread must stay free to read calls
                     self.pool = ThreadPoolExecutor(conc, thread_name_prefix="raylite-actor")
+                self.group_pools = {g: ThreadPoolExecutor(n, thread_name_prefix=f"raylite-{g}")
+                                    for g, n in groups.items()}
         except BaseException as e:  # noqa: BLE001
             err = ser.task_error(f"{body['meta'].get('class_name')}.__init__", e, os.getpid(),
                                  core.node_id)
@@ -331,13 +360,15 @@ class Executor:
     def _get_if_ref(self, v):
         return self.core.get([v])[0] if isinstance(v, ObjectRef) else v
 
-    def start_loop(self, concurrency: int) -> None:
+    def start_loop(self, concurrency: int, group: str = "") -> tuple:
+        """An event loop on its own thread, and the semaphore that limits how many calls
+        run on it: one for the default group of an async actor, one per named group."""
         import asyncio  # only async actors need it (it costs ~25 ms to import)
 
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True,
-                         name="raylite-actor-loop").start()
-        self.async_sem = asyncio.Semaphore(concurrency)
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, daemon=True,
+                         name=f"raylite-actor-loop{'-' + group if group else ''}").start()
+        return loop, asyncio.Semaphore(concurrency)
 
     def run_in_loop(self, fn):
         import asyncio
@@ -355,10 +386,7 @@ class Executor:
             self.reply(body["owner"], {"task_id": body["task_id"],
                                        "results": self.package(None, body["nret"],
                                                                body["task_id"])})
-            # stop the IO thread and terminate the ZeroMQ context: that waits until the
-            # replies sent so far are out (closing a socket alone does not)
-            self.core.shutdown()
-            os._exit(0)
+            self.exit()
         if self.actor is None:
             return
         fn = getattr(self.actor, method, None)
@@ -367,8 +395,17 @@ class Executor:
                 f"{type(self.actor).__name__} has no method {method!r}"))
             self.reply(body["owner"], reply)
             return
+        group = body.get("group")
+        if group is not None and group not in self.group_loops and \
+                group not in self.group_pools:
+            self.reply(body["owner"], self.error_reply(body["task_id"], method, ValueError(
+                f"{type(self.actor).__name__} has no concurrency group {group!r}")))
+            return
         if self.loop is not None:
-            self.submit_async(body, fn, method)
+            loop, sem = self.group_loops.get(group) or (self.loop, self.async_sem)
+            self.submit_async(body, fn, method, loop, sem)
+        elif group is not None:
+            self.group_pools[group].submit(self.run_call, body, fn, method)
         elif self.pool is not None:
             self.pool.submit(self.run_call, body, fn, method)
         else:
@@ -377,8 +414,9 @@ class Executor:
     def drain_calls(self, timeout: float = 30.0) -> None:
         """Before a graceful exit: let the calls already running (in the actor's thread
         pool or event loop) finish and answer."""
-        if self.pool is not None:
-            self.pool.shutdown(wait=True)
+        for pool in [self.pool, *self.group_pools.values()]:
+            if pool is not None:
+                pool.shutdown(wait=True)
         deadline = time.monotonic() + timeout
         while self.async_tasks and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -399,7 +437,7 @@ class Executor:
         self.reply(body["owner"], reply)
         sys.stdout.flush()
 
-    def submit_async(self, body: dict, fn, method: str) -> None:
+    def submit_async(self, body: dict, fn, method: str, loop, sem) -> None:
         import asyncio
 
         tid = body["task_id"]
@@ -411,7 +449,7 @@ class Executor:
             return reply
 
         async def run():
-            async with self.async_sem:
+            async with sem:
                 self.actor_context()
                 runtime.task_context.task_id = tid
                 try:
@@ -439,10 +477,10 @@ class Executor:
             self.reply(body["owner"], reply)
 
         def start():
-            task = self.loop.create_task(call())
+            task = loop.create_task(call())
             self.async_tasks[tid] = task
             task.add_done_callback(done)
-        self.loop.call_soon_threadsafe(start)
+        loop.call_soon_threadsafe(start)
 
 
 def extend_sys_path(paths) -> None:
