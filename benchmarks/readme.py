@@ -41,7 +41,7 @@ Peers are found, never required: Ray under `--ray-python` / `$RAY_PYTHON` (else
 interpreter, this one); multiprocessing is always there. Each framework runs in a fresh
 process of its own, on two worker processes, after a warm-up, as medians of repeats with
 the min-max in small print. Every step is a script that runs alone too
-(`python benchmarks/core.py --help`). The notebook `notebooks/04_benchmarks.ipynb` runs the
+(`python benchmarks/core.py --help`). The notebook `notebooks/06_benchmarks.ipynb` runs the
 quick mode and plots it.
 """
 

@@ -7,6 +7,8 @@
 - :class:`Timeline`: tasks per worker over time (a Gantt chart of ``raylite.timeline()``).
 - :class:`ServeView`: Serve's deployments: replicas over time against their targets,
   ongoing and queued requests, and each application's topology as a graph.
+- :class:`TrainView`: a Train run: per-rank metric curves, where each rank runs,
+  checkpoints with their scores, restarts.
 - :class:`LLMView`: LLM engines: tokens/s, running and waiting sequences, KV blocks,
   prefix-cache hits, time to first token.
 - :func:`progress`: ``raylite.get`` with a progress bar.
@@ -28,6 +30,7 @@ from raylite.widgets.placement import PlacementView
 from raylite.widgets.progress import progress
 from raylite.widgets.serve import ServeView
 from raylite.widgets.timeline import Timeline
+from raylite.widgets.train import TrainView
 
 __all__ = ["ClusterView", "PlacementView", "AutoscalerView", "Timeline", "ServeView",
-           "LLMView", "progress"]
+           "TrainView", "LLMView", "progress"]
