@@ -226,8 +226,13 @@ def test_failed_health_check_replaces_the_replica(serve_url):
     h.make_sick.remote().result()
     wait_for_condition(lambda: h.remote().result(timeout_s=5) != pid, timeout=20,
                        message="a new replica replaced the unhealthy one")
-    dep = serve.status().applications["sick"].deployments["Sick"]
-    assert dep.status in ("HEALTHY", "UNHEALTHY", "UPDATING")
+
+    def recovered():
+        dep = serve.status().applications["sick"].deployments["Sick"]
+        return dep.status == "HEALTHY" and dep.replica_states == {"RUNNING": 1}
+    wait_for_condition(recovered, timeout=20, message="the deployment is HEALTHY again "
+                       "with one running replica")
+    assert h.remote().result(timeout_s=5) != pid
     serve.delete("sick")
 
 
@@ -306,6 +311,25 @@ def test_replica_context_and_function_deployments(serve_url):
     with pytest.raises(RayServeException):
         serve.get_replica_context()
     serve.delete("ctx")
+
+
+def test_function_deployments_keep_their_bind_arguments(serve_url):
+    @serve.deployment(ray_actor_options=NO_CPU)
+    def scaled(factor, x, offset=0):
+        return factor * x + offset
+
+    h = serve.run(scaled.bind(10, offset=1), name="fbind", route_prefix=None)
+    assert h.remote(2).result() == 21
+    assert h.remote(2, offset=5).result() == 25  # a call's keywords win, as partial's
+
+    @serve.deployment(ray_actor_options=NO_CPU)
+    async def front(calc, x):  # an Application bound here is a handle in the replica
+        return await calc.remote(x)
+
+    h = serve.run(front.bind(Calc.bind(5)), name="fcompose", route_prefix=None)
+    assert h.remote(1).result() == 6
+    serve.delete("fbind")
+    serve.delete("fcompose")
 
 
 def test_handles_to_missing_or_deleted_deployments_fail(serve_url):

@@ -28,14 +28,17 @@ MIN_DRAIN_S = 0.2  # time for routers to learn a replica is going before it chec
 
 
 class _FunctionDeployment:
-    """Wraps a function deployment so it has a ``__call__``."""
+    """Wraps a function deployment so it has a ``__call__``. Its ``.bind()`` arguments
+    come first in every call, as with ``functools.partial`` (an Application bound there
+    arrives as a handle), so a function deployment can compose others. Ray drops a
+    function deployment's bind arguments."""
 
     def __init__(self, fn, *args, **kwargs):
         self._fn = fn
         self._args, self._kwargs = args, kwargs
 
     def __call__(self, *args, **kwargs):
-        return self._fn(*args, **kwargs)
+        return self._fn(*self._args, *args, **{**self._kwargs, **kwargs})
 
 
 class ReplicaActor:
@@ -65,7 +68,7 @@ class ReplicaActor:
         if inspect.isclass(target):
             user = target(*args, **kwargs)
         else:
-            user = _FunctionDeployment(target)
+            user = _FunctionDeployment(target, *args, **kwargs)
         self._user = user
         context._set_replica_context(context.ReplicaContext(
             self._app, self._deployment, self._replica_id, user))
