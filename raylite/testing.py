@@ -4,6 +4,8 @@ dask's ``utils_test``): await conditions instead of sleeping, find leftovers."""
 from __future__ import annotations
 
 import os
+import sys
+import threading
 import time
 
 import psutil
@@ -25,6 +27,22 @@ def wait_for_condition(predicate, timeout: float = 10.0, interval: float = 0.02,
         time.sleep(interval)
     raise TimeoutError(f"condition not met within {timeout}s: {message or predicate}"
                        + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+def blocked_in_get(thread: threading.Thread | None = None) -> bool:
+    """Whether ``thread`` (default: the main thread) is waiting inside ``raylite.get``
+    or ``raylite.wait`` right now, so a test can interrupt a get that really blocks
+    (``wait_for_condition(blocked_in_get)``) instead of guessing with a sleep."""
+    ident = (thread or threading.main_thread()).ident
+    frame = sys._current_frames().get(ident)
+    if frame is None or frame.f_code.co_name != "wait":  # not waiting on a lock now
+        return False
+    api = os.path.join("raylite", "core", "api.py")
+    while frame is not None:
+        if frame.f_code.co_name in ("get", "wait") and frame.f_code.co_filename.endswith(api):
+            return True
+        frame = frame.f_back
+    return False
 
 
 ROOT_ENV = "RAYLITE_ROOT_PID"

@@ -10,11 +10,37 @@ from raylite.testing import assert_no_leaks, mark_root
 mark_root()
 
 
+# Fixtures of a wider scope than one test (shared_cluster, serve_url, a module's own)
+# that started the cluster now up: it legitimately outlives the tests between.
+_cluster_fixtures: set[str] = set()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    was_up = raylite.is_initialized()
+    yield
+    if fixturedef.scope != "function" and not was_up and raylite.is_initialized():
+        _cluster_fixtures.add(fixturedef.argname)
+
+
+def pytest_fixture_post_finalizer(fixturedef, request):
+    _cluster_fixtures.discard(fixturedef.argname)
+
+
 @pytest.fixture(autouse=True)
 def _no_leaks(request):
+    """After each test: no raylite process or /dev/shm segment is left, and raylite is
+    not left initialised -- unless a module-scoped fixture keeps its cluster up (it is
+    checked when it stops). A test that leaves a cluster up fails, and the cluster is
+    stopped so the tests after it start clean."""
     yield
-    if raylite.is_initialized() or "shared_cluster" in request.fixturenames:
-        return  # a module-scoped cluster is still up; it is checked when it stops
+    if _cluster_fixtures:
+        return
+    if raylite.is_initialized():
+        raylite.shutdown()
+        assert_no_leaks()
+        pytest.fail("the test left raylite initialised: call raylite.shutdown() (or use "
+                    "the cluster fixture)", pytrace=False)
     assert_no_leaks()
 
 

@@ -313,15 +313,19 @@ def test_actor_runtime_context(shared_cluster):
 def test_async_actor_runs_calls_concurrently(shared_cluster):
     @ray.remote
     class AsyncActor:
-        async def nap(self, s):
-            await asyncio.sleep(s)
-            return s
+        def __init__(self):
+            self.arrived = 0
+            self.all_here = asyncio.Event()
+
+        async def meet(self, n):
+            self.arrived += 1
+            if self.arrived == n:
+                self.all_here.set()
+            await asyncio.wait_for(self.all_here.wait(), 20)  # only if n calls overlap
+            return "met"
 
     a = AsyncActor.remote()
-    ray.get(a.nap.remote(0), timeout=10)  # started
-    start = time.monotonic()
-    assert ray.get([a.nap.remote(0.5) for _ in range(4)], timeout=10) == [0.5] * 4
-    assert time.monotonic() - start < 1.5
+    assert ray.get([a.meet.remote(4) for _ in range(4)], timeout=30) == ["met"] * 4
 
 
 def test_async_actor_max_concurrency_limits(shared_cluster):

@@ -186,18 +186,23 @@ def test_driver_killed_everything_exits_and_shm_freed():
 
 
 INTERRUPT = """
-import time, raylite
+import threading, time, raylite
+from raylite.testing import blocked_in_get, wait_for_condition
 raylite.init(num_cpus=2)
 @raylite.remote
 def slow(): time.sleep(30)
 @raylite.remote
 def quick(): return 5
-print("GO", flush=True)
-t = time.monotonic()
+def tell_when_blocked():
+    wait_for_condition(blocked_in_get, timeout=20)
+    print("BLOCKED", flush=True)
+threading.Thread(target=tell_when_blocked, daemon=True).start()
+ref = slow.remote()
 try:
-    raylite.get(slow.remote())
+    raylite.get(ref)
 except KeyboardInterrupt:
-    print("INTERRUPTED", round(time.monotonic() - t, 2), flush=True)
+    print("INTERRUPTED", "pending" if not raylite.wait([ref], timeout=0)[0] else "done",
+          flush=True)
 print("AFTER", raylite.get(quick.remote(), timeout=20), flush=True)
 raylite.shutdown()
 """
@@ -209,11 +214,9 @@ def test_ctrl_c_interrupts_get_and_cluster_stays_usable():
     proc = subprocess.Popen([sys.executable, "-c", INTERRUPT], stdout=subprocess.PIPE,
                             text=True)
     try:
-        assert proc.stdout.readline().strip() == "GO"
-        time.sleep(0.5)  # let get() block: the interrupt must hit a waiting get
+        assert proc.stdout.readline().strip() == "BLOCKED"  # the interrupt hits a waiting get
         proc.send_signal(signal.SIGINT)
-        line = proc.stdout.readline().split()
-        assert line[0] == "INTERRUPTED" and float(line[1]) < 5
+        assert proc.stdout.readline().split() == ["INTERRUPTED", "pending"]
         assert proc.stdout.readline().strip() == "AFTER 5"
         assert proc.wait(20) == 0
     finally:

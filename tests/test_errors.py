@@ -24,6 +24,7 @@ from raylite import exceptions as rexc
 from raylite.testing import (
     CounterActor,
     SignalActor,
+    blocked_in_get,
     raylite_processes,
     shm_leftovers,
     wait_for_condition,
@@ -254,11 +255,11 @@ def test_cancel_queued_task(cluster):
     blocker = hog.remote()
     wait_for_condition(lambda: ray.available_resources().get("CPU", 0) == 0, timeout=10)
     ref = queued.remote()
-    start = time.monotonic()
     ray.cancel(ref)
     with pytest.raises(rexc.TaskCancelledError):
         ray.get(ref, timeout=5)
-    assert time.monotonic() - start < 2
+    # it failed while the task it waited behind still runs: the cancel did not wait
+    assert ray.wait([blocker], timeout=0)[0] == []
     ray.cancel(blocker)
     with pytest.raises(rexc.TaskCancelledError):
         ray.get(blocker, timeout=5)
@@ -272,12 +273,13 @@ def _cancel_one_waiting(refs, tmp_path) -> None:
 
     wait_for_condition(lambda: len(started()) == 2, timeout=10,
                        message="two of the tasks did not start")
-    (waiting, *_) = sorted(set(range(len(refs))) - started())
-    start = time.monotonic()
+    running = sorted(started())
+    (waiting, *_) = sorted(set(range(len(refs))) - set(running))
     ray.cancel(refs[waiting])
     with pytest.raises(rexc.TaskCancelledError):
         ray.get(refs[waiting], timeout=3)
-    assert time.monotonic() - start < 2
+    # it failed while the two tasks ahead of it still run: the cancel did not wait
+    assert ray.wait([refs[i] for i in running], num_returns=2, timeout=0)[0] == []
     assert waiting not in started()
 
 
@@ -318,11 +320,9 @@ def test_cancel_running_task(cluster):
     path = os.path.join(tempfile.mkdtemp(), "started")
     ref = sleeper.remote(path)
     wait_for_condition(lambda: os.path.exists(path), timeout=10)
-    start = time.monotonic()
     ray.cancel(ref)
-    with pytest.raises(rexc.TaskCancelledError):
+    with pytest.raises(rexc.TaskCancelledError):  # within 5 s of a 30 s sleep
         ray.get(ref, timeout=5)
-    assert time.monotonic() - start < 2
     # the worker survived a non-forced cancel and the cluster works
     assert ray.get(ray.remote(lambda: 5).remote(), timeout=10) == 5
 
@@ -338,11 +338,9 @@ def test_cancel_force_kills_worker(cluster, tmp_path):
     ref = sleeper.remote()
     wait_for_condition(lambda: pid_file.exists() and pid_file.read_text(), timeout=10)
     pid = int(pid_file.read_text())
-    start = time.monotonic()
     ray.cancel(ref, force=True)
-    with pytest.raises(rexc.TaskCancelledError):
+    with pytest.raises(rexc.TaskCancelledError):  # within 5 s of a 30 s sleep
         ray.get(ref, timeout=5)
-    assert time.monotonic() - start < 2
     wait_for_condition(lambda: not psutil.pid_exists(pid), timeout=5)
     assert ray.get(ray.remote(lambda: 6).remote(), timeout=10) == 6
 
@@ -390,15 +388,17 @@ def test_keyboard_interrupt_in_get_leaves_cluster_usable(cluster):
         return "released"
 
     ref = blocked.remote(sig)
-    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
-    start = time.monotonic()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            ray.get(ref, timeout=20)
-    finally:
-        timer.cancel()
-    assert time.monotonic() - start < 3
+
+    def interrupt_the_blocked_get():
+        wait_for_condition(blocked_in_get, timeout=10)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt_the_blocked_get, daemon=True)
+    interrupter.start()
+    with pytest.raises(KeyboardInterrupt):
+        ray.get(ref, timeout=20)
+    interrupter.join(10)
+    assert ray.wait([ref], timeout=0)[0] == []  # the get was interrupted, not answered
     ray.get(sig.send.remote(), timeout=10)
     assert ray.get(ref, timeout=10) == "released"
     assert ray.get(ray.remote(lambda: 1).remote(), timeout=10) == 1
@@ -458,8 +458,7 @@ def test_custom_exception_with_attributes(shared_cluster):
     with pytest.raises(rexc.RayTaskError) as ei:
         ray.get(fail.remote())
     assert "code 42" in str(ei.value)
-    if isinstance(ei.value, CodedError):
-        assert ei.value.code == 42
+    assert isinstance(ei.value, CodedError) and ei.value.code == 42
 
 
 def test_unpicklable_exception_still_reported(shared_cluster):

@@ -331,13 +331,14 @@ def test_placement_view_live(two_nodes):
         return all("<b>demo</b>" in c for c in cards) and "toobig" in view._pending.value
     wait_for_condition(placed, timeout=10)
     assert "STRICT_SPREAD" in view._groups.value and "zone: a" in view._groups.value
+    assert "demo STRICT_SPREAD CREATED" in repr(view)
     color = RP.group_colors(view.state["placement_groups"])[g.id.hex()]
     assert all(color in c.value for c in view._box.children)
     remove_placement_group(g)
     remove_placement_group(big)
     wait_for_condition(lambda: "demo" not in view._groups.value and not view._pending.value,
                        timeout=10)
-    assert "demo" in repr(view) or "no placement groups" in repr(view)
+    assert "no placement groups" in repr(view) and "demo" not in repr(view)
     view.close()
 
 
