@@ -394,14 +394,20 @@ class Pool:
         while True:
             event = self._events.get()
             kind = event[0]
-            if kind == "job":
-                self._jobs.append(event[1])
-            elif kind == "done":
-                self._chunk_done(event[1], event[2])
-            elif kind == "terminate":
-                self._shutdown(kill=True)
+            try:
+                if kind == "job":
+                    self._jobs.append(event[1])
+                elif kind == "done":
+                    self._chunk_done(event[1], event[2])
+                elif kind == "terminate":
+                    self._shutdown(kill=True)
+                    return
+                self._fill()
+            except Exception as e:  # e.g. raylite was shut down under the pool
+                log.exception("the pool's dispatcher failed; its unfinished work fails")
+                self._state = "TERMINATE"
+                self._shutdown(kill=True, error=e)
                 return
-            self._fill()
             if self._state == "CLOSE" and not self._jobs and not self._inflight and \
                     self._events.empty():
                 self._shutdown(kill=False)
@@ -465,7 +471,7 @@ class Pool:
         if job.finished() and job not in self._jobs:
             job.sink._done(job.next_index)
 
-    def _shutdown(self, kill: bool) -> None:
+    def _shutdown(self, kill: bool, error: BaseException | None = None) -> None:
         """End the actors: killed now, or once the calls sent to them are done (and
         waited for, so ``join`` returns after they exit). With ``kill``, every
         unfinished call fails."""
@@ -479,7 +485,7 @@ class Pool:
                 raylite.kill(actor)
         except Exception:  # raylite was shut down first: its actors are gone already
             log.debug("ending a pool's actors failed", exc_info=True)
-        error = RuntimeError("The pool was terminated before this result was ready")
+        error = error or RuntimeError("The pool was terminated before this result was ready")
         jobs: dict[int, _Job] = {id(j): j for j in self._jobs}
         for _, _, job, start, n in self._inflight.values():
             jobs[id(job)] = job
