@@ -1,7 +1,7 @@
 """Train on a GPU (skipped where torch sees no CUDA device: CI has none; run on the
 device machine): use_gpu=True gives each worker its GPU, the nccl backend, a DDP model
 on CUDA, CUDA batches from prepare_data_loader and iter_torch_batches, and a checkpoint
-of CUDA weights restored on the CPU."""
+of CUDA weights restored on the CPU; and a JaxTrainer worker on its GPU."""
 
 from __future__ import annotations
 
@@ -70,3 +70,23 @@ def test_use_gpu_runs_nccl_ddp_on_cuda(gpu_cluster, tmp_path):
     with result.checkpoint.as_directory() as d:
         state = torch.load(os.path.join(d, "m.pt"), map_location="cpu", weights_only=True)
     assert state["weight"].shape == (1, 16)
+
+
+def test_jax_trainer_on_one_gpu(gpu_cluster, tmp_path):
+    pytest.importorskip("jax")
+    from raylite.train.jax import JaxConfig, JaxTrainer
+
+    def loop():
+        import jax
+        import jax.numpy as jnp
+
+        x = jnp.ones((256, 256)) @ jnp.ones((256, 256))
+        train.report({"platform": jax.devices()[0].platform, "devices": jax.device_count(),
+                      "process_count": jax.process_count(), "x": float(x[0, 0])})
+
+    result = JaxTrainer(loop, jax_config=JaxConfig(use_gpu=True),
+                        scaling_config=train.ScalingConfig(num_workers=1, use_gpu=True),
+                        run_config=train.RunConfig(name="jaxgpu", storage_path=str(tmp_path))
+                        ).fit()
+    assert result.metrics == {"platform": "gpu", "devices": 1, "process_count": 1,
+                              "x": 256.0}

@@ -62,6 +62,10 @@ class TrainWorker:
                                 world_size=world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))
 
+    def execute(self, fn, *args):
+        """Run ``fn(*args)`` here (a backend's set-up step, e.g. jax.distributed)."""
+        return fn(*args)
+
     def run(self, fn, config, session_kwargs: dict):
         from raylite.train._internal import session as S
 
