@@ -860,7 +860,8 @@ class CoreWorker:
         lease.inflight[t.task_id] = t
         if self._task_log_on:
             rec = self._task_record(t.task_id)
-            rec[5], rec[6], rec[7] = time.time(), lease.node_id, lease.worker_id
+            rec[P.TR_SENT], rec[P.TR_NODE_ID], rec[P.TR_WORKER_ID] = \
+                time.time(), lease.node_id, lease.worker_id
         self.outbox.send(lease.addr, P.encode(P.EXECUTE, body))
 
     def flush_task_events(self) -> None:
@@ -897,9 +898,9 @@ class CoreWorker:
 
     def _log_done(self, tid: bytes, body: dict) -> None:
         rec = self._task_record(tid)
-        rec[8], rec[9] = body.get("t0"), body.get("t1") or time.time()
+        rec[P.TR_START], rec[P.TR_END] = body.get("t0"), body.get("t1") or time.time()
         if body.get("error") is not None:
-            rec[10] = body.get("error_msg") or "error"
+            rec[P.TR_ERROR] = body.get("error_msg") or "error"
 
     def _request_lease(self, key) -> None:
         demand, opts = self._lease_opts[key]
@@ -1017,7 +1018,8 @@ class CoreWorker:
     def _fail(self, t: _Task, error: BaseException) -> None:
         if self._task_log_on:  # the state API sees it end (cancelled, actor died, ...)
             rec = self._task_record(t.task_id)
-            rec[9], rec[10] = time.time(), f"{type(error).__name__}: {error}"[:300]
+            rec[P.TR_END] = time.time()
+            rec[P.TR_ERROR] = f"{type(error).__name__}: {error}"[:300]
         self._finish(t, {"error": ser.error_descriptor(error)})
 
     def _on_worker_died(self, body, _bufs) -> None:
@@ -1254,7 +1256,8 @@ class CoreWorker:
             a.inflight[t.task_id] = t
             if self._task_log_on:
                 rec = self._task_record(t.task_id)
-                rec[5], rec[6], rec[7] = time.time(), a.node_id, a.worker_id
+                rec[P.TR_SENT], rec[P.TR_NODE_ID], rec[P.TR_WORKER_ID] = \
+                    time.time(), a.node_id, a.worker_id
             self.outbox.send(a.addr, P.encode(P.ACTOR_CALL, body))
 
     def _new_request_actor_info(self, a: _Actor) -> None:

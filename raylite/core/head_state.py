@@ -72,14 +72,14 @@ class StatePart:
         changed = []
         tasks = self.tasks
         for r in body["records"]:
-            tid = r[0]
+            tid = r[P.TR_TASK_ID]
             rec = tasks.get(tid)
             if rec is None:
                 rec = tasks[tid] = r
                 if len(tasks) > MAX_TASK_RECORDS:
                     tasks.popitem(last=False)
             else:
-                for i in range(1, len(r)):
+                for i in range(P.TR_TASK_ID + 1, len(r)):
                     if r[i] is not None:
                         rec[i] = r[i]
             changed.append(rec)

@@ -20,18 +20,22 @@ MAX_DEAD_NODES = 200
 
 
 def task_info(r: list) -> dict:
-    """A task record as the state API shows it (Ray's field names where they exist)."""
-    if r[9] is not None:
-        state = "FAILED" if r[10] else "FINISHED"
-    elif r[5] is not None:
+    """A task record (P.task_record) as the state API shows it (Ray's field names where
+    they exist)."""
+    actor_id, attempts = r[P.TR_ACTOR_ID], r[P.TR_ATTEMPTS] or 1
+    if r[P.TR_END] is not None:
+        state = "FAILED" if r[P.TR_ERROR] else "FINISHED"
+    elif r[P.TR_SENT] is not None:
         state = "RUNNING"
     else:
         state = "PENDING_NODE_ASSIGNMENT"
-    return {"task_id": r[0].hex(), "name": r[1], "job_id": r[2],
-            "actor_id": r[3].hex() if r[3] else None, "type": "ACTOR_TASK" if r[3]
-            else "NORMAL_TASK", "state": state, "node_id": r[6], "worker_id": r[7],
-            "submitted": r[4], "sent": r[5], "start": r[8], "end": r[9], "error": r[10],
-            "attempts": r[P.TR_ATTEMPTS] or 1, "attempt_number": (r[P.TR_ATTEMPTS] or 1) - 1}
+    return {"task_id": r[P.TR_TASK_ID].hex(), "name": r[P.TR_NAME], "job_id": r[P.TR_JOB_ID],
+            "actor_id": actor_id.hex() if actor_id else None,
+            "type": "ACTOR_TASK" if actor_id else "NORMAL_TASK", "state": state,
+            "node_id": r[P.TR_NODE_ID], "worker_id": r[P.TR_WORKER_ID],
+            "submitted": r[P.TR_SUBMITTED], "sent": r[P.TR_SENT], "start": r[P.TR_START],
+            "end": r[P.TR_END], "error": r[P.TR_ERROR], "attempts": attempts,
+            "attempt_number": attempts - 1}
 
 
 class Node:

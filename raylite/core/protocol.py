@@ -174,7 +174,7 @@ SCHEMA: dict[bytes, dict] = {
     GET_STATE: {"reply_to": _addr, "?sections": _str_list, "?limit": int},
     TASK_EVENTS: {"records": lambda x: isinstance(x, list) and all(
         isinstance(r, list) and len(r) == len(TASK_RECORD_FIELDS) and
-        isinstance(r[0], bytes) for r in x)},
+        isinstance(r[TR_TASK_ID], bytes) for r in x)},
     REMOVE_NODE: {"node_id": str},
     AUTOSCALER_REPORT: {"status": dict},
     CREATE_PG: {"pg_id": str, "bundles": lambda x: isinstance(x, list) and x and all(
