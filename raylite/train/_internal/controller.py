@@ -169,7 +169,8 @@ class _Run:
     # ------------------------------------------------------------------ pieces
     def _start_coordinator(self) -> None:
         cls = raylite.remote(TrainCoordinator)
-        name = f"{self.storage.experiment_name}:{uuid.uuid4().hex[:6]}"
+        # "<run name>:<start time in ms, hex>": a TrainView finds the newest run by it
+        name = f"{self.storage.experiment_name}:{int(time.time() * 1000):012x}"
         self.coord = cls.options(name=name, namespace=NAMESPACE, num_cpus=0,
                                  max_concurrency=1000).remote(
             self.storage.experiment_name, self.storage, self.rc.checkpoint_config,
