@@ -42,6 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -186,9 +187,8 @@ def run_prefix(model, repeats: int = 3) -> dict:
             "hit_rate": eng.stats()["prefix_cache_hit_rate"]}
 
 
-def run_http(model, streams: tuple[int, ...], engine_ttft_1: float | None) -> dict:
-    import httpx
-
+def run_http(model, streams: tuple[int, ...], engine_ttft_1: float | None,
+             repeats: int = 1) -> dict:
     import raylite
     from raylite import serve
     from raylite.serve.llm import LLMConfig, build_openai_app
@@ -208,15 +208,16 @@ def run_http(model, streams: tuple[int, ...], engine_ttft_1: float | None) -> di
             serve.run(build_openai_app({"llm_configs": [cfg]}), name="llm", route_prefix="/")
             url = f"http://127.0.0.1:{port}/v1/completions"
             asyncio.run(_http_round(url, *workload(4, model.config.vocab_size, 99)))  # warm
-            for n in streams:
-                prompts, lens = workload(n, model.config.vocab_size)
-                out[str(n)] = asyncio.run(_http_round(url, prompts, lens))
+            for _ in range(repeats):
+                for n in streams:
+                    prompts, lens = workload(n, model.config.vocab_size)
+                    out[str(n)] = _best(out.get(str(n)),
+                                        asyncio.run(_http_round(url, prompts, lens)))
         finally:
             serve.shutdown()
             raylite.shutdown()
     if engine_ttft_1 is not None and "1" in out:
         out["ttft_gap_ms_1_stream"] = out["1"]["ttft_p50_ms"] - engine_ttft_1
-    del httpx
     return out
 
 
@@ -254,38 +255,42 @@ async def _http_round(url: str, prompts, lens) -> dict:
 
 
 # --------------------------------------------------------------------------- worker
+def _best(old: dict | None, new: dict) -> dict:
+    """The better of two runs (the higher tokens/s): on a shared machine the best of a
+    few runs is the closest to what the code does on a quiet one."""
+    return new if old is None or new["tokens_per_s"] > old["tokens_per_s"] else old
+
+
 def measure(model_name: str, device: str, streams: tuple[int, ...], http: bool,
-            quick: bool) -> dict:
+            quick: bool, repeats: int) -> dict:
     import torch
 
     torch.manual_seed(0)
     model = make_model(model_name, device)
-    res: dict[str, Any] = {"model": model_name, "device": device,
+    res: dict[str, Any] = {"model": model_name, "device": device, "repeats": repeats,
                            "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-                           "torch_threads": torch.get_num_threads(),
-                           "engine": {}, "hf_static": {}, "floor": {}}
-    for backend in ("sparse",) if quick else ("sparse", "gather"):
-        key = "engine" if backend == "sparse" else "engine_gather"
-        res.setdefault(key, {})
-        eng = new_engine(model, attention_backend=backend)
+                           "torch_threads": torch.get_num_threads()}
+    backends = ("sparse",) if quick else ("sparse", "gather")
+    engines = {b: new_engine(model, attention_backend=b) for b in backends}
+    for rep in range(repeats):  # interleaved, so a burst of load hits every series alike
         for n in streams:
             prompts, lens = workload(n, model.config.vocab_size)
-            res[key][str(n)] = run_engine(eng, prompts, lens)
-            print(f"{key:14s} {n:3d} streams: {res[key][str(n)]['tokens_per_s']:8.0f} tok/s",
-                  flush=True)
-    for n in streams:
-        prompts, lens = workload(n, model.config.vocab_size)
-        res["hf_static"][str(n)] = run_hf_static(model, prompts, lens)
-        res["floor"][str(n)] = run_floor(model, n, 32 if quick else 128)
-        print(f"hf static      {n:3d} streams: "
-              f"{res['hf_static'][str(n)]['tokens_per_s']:8.0f} tok/s; floor "
-              f"{res['floor'][str(n)]['tokens_per_s']:8.0f} tok/s", flush=True)
+            runs = {("engine" if b == "sparse" else "engine_gather"):
+                    partial(run_engine, e, prompts, lens) for b, e in engines.items()}
+            runs["hf_static"] = partial(run_hf_static, model, prompts, lens)
+            runs["floor"] = partial(run_floor, model, n, 32 if quick else 128)
+            for key, fn in runs.items():
+                got = res.setdefault(key, {})
+                got[str(n)] = _best(got.get(str(n)), fn())
+            print(f"run {rep + 1}/{repeats}, {n:2d} streams: " + ", ".join(
+                f"{k} {res[k][str(n)]['tokens_per_s']:.0f}" for k in runs) + " tok/s (best)",
+                flush=True)
     res["prefix"] = run_prefix(model, 1 if quick else 3)
     print(f"prefix cache: TTFT {res['prefix']['cold_ttft_ms']:.1f} ms cold, "
           f"{res['prefix']['warm_ttft_ms']:.1f} ms cached", flush=True)
     if http:
         e1 = res["engine"].get("1", {}).get("ttft_p50_ms")
-        res["http"] = run_http(model, streams, e1)
+        res["http"] = run_http(model, streams, e1, repeats)
         for n in streams:
             print(f"http           {n:3d} streams: "
                   f"{res['http'][str(n)]['tokens_per_s']:8.0f} tok/s", flush=True)
@@ -389,6 +394,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", choices=sorted(MODELS), default="small")
     p.add_argument("--streams", type=int, nargs="+", help="concurrent streams")
     p.add_argument("--no-http", action="store_true", help="skip the HTTP part")
+    p.add_argument("--repeats", type=int, help="runs per point, the best kept (default 3; "
+                   "--quick: 1)")
     p.add_argument("--json", type=Path, default=RESULTS / "llm.json", help="JSON output")
     p.add_argument("--png", type=Path, default=RESULTS / "llm.png", help="chart output")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -400,15 +407,17 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     streams = tuple(args.streams or ((1, 8) if args.quick else STREAMS))
     http = not args.no_http and args.device == "cpu"
+    repeats = args.repeats or (1 if args.quick else 3)
     if args.worker:
-        write_json(args.out, measure(args.model, args.device, streams, http, args.quick))
+        write_json(args.out, measure(args.model, args.device, streams, http, args.quick,
+                                     repeats))
         return
     if args.device != "cpu":  # the GPU check: in this process, printed, no files
-        res = measure(args.model, args.device, streams, False, args.quick)
+        res = measure(args.model, args.device, streams, False, args.quick, repeats)
         print_table(res)
         return
     cmd = [sys.executable, __file__, "--worker", "--model", args.model, "--device",
-           args.device, "--streams", *map(str, streams)] + \
+           args.device, "--streams", *map(str, streams), "--repeats", str(repeats)] + \
         (["--quick"] if args.quick else []) + (["--no-http"] if not http else [])
     res = run_json(cmd, timeout_s=WORKER_TIMEOUT_S)
     if "skipped" in res:

@@ -19,7 +19,9 @@ its own, after a warm-up, as medians of repeats with min-max:
 - ``serve``       HTTP (needs ``wrk``) and handle throughput and latency against client
                   concurrency, beside Ray Serve (``serve.py``);
 - ``peers``       Dask distributed, ipyparallel and multiprocessing on the core and object
-                  metrics (``peers.py``).
+                  metrics (``peers.py``);
+- ``llm``         the LLM engine beside HF ``generate`` (static batching) and the model's
+                  decode floor, in-process and over the OpenAI HTTP API (``llm.py``).
 
 Peers are found, not required: Ray under ``--ray-python``, else ``$RAY_PYTHON``, else the
 first of ``.bench-venv/bin/python`` (``make bench-env``), ``/work/rayvenv/bin/python`` and
@@ -54,16 +56,16 @@ from benchmarks._runner import python_has, run_streaming, terminate_on_sigterm, 
 from benchmarks.core import RESULTS, ROOT, _shown, machine_info  # noqa: E402
 from benchmarks.object_transfer import _git_describe  # noqa: E402
 
-STEPS = ("limits", "core", "objects", "scheduling", "serve", "peers")
+STEPS = ("limits", "core", "objects", "scheduling", "serve", "peers", "llm")
 PEERS = ("ray", "dask", "ipyparallel", "multiprocessing")
 SCRIPTS = {"limits": "limits", "core": "core", "objects": "object_transfer",
-           "scheduling": "scheduling", "serve": "serve", "peers": "peers"}
+           "scheduling": "scheduling", "serve": "serve", "peers": "peers", "llm": "llm"}
 RAY_CANDIDATES = [str(ROOT / ".bench-venv/bin/python"), "/work/rayvenv/bin/python"]
 QUICK_OUT = RESULTS / "quick"
 README = ROOT / "benchmarks" / "README.md"
 QUICK_OBJECT_MAX = 1 << 22
 TIMEOUT_S = {"limits": 300, "core": 1200, "objects": 2400, "scheduling": 1200,
-             "serve": 2400, "peers": 2400}
+             "serve": 2400, "peers": 2400, "llm": 1800}
 QUICK_TIMEOUT_S = 300
 
 
@@ -81,7 +83,8 @@ def step_command(step: str, quick: bool, peers: tuple[str, ...], ray_python: str
     cmd = [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--json", str(json_path)]
     if step not in ("limits", "peers"):
         cmd += ["--png", str(out / f"{script}.png")]
-        cmd += ["--ray-python", ray_python] if ray_python else ["--no-ray"]
+        if step != "llm":  # the LLM benchmark's peers are HF generate and the floor
+            cmd += ["--ray-python", ray_python] if ray_python else ["--no-ray"]
     if quick:
         cmd.append("--quick")
     if step == "objects" and quick:

@@ -196,9 +196,20 @@ class LLMEngine:
         m = self.model
         # a tensor-parallel model runs the step on its workers
         run = getattr(m, "step_logits", None) or partial(step_logits, m)
-        logits = run(ids, pos, decode, prefill, rows, self.kv_caches,
-                     block_size=self.config.block_size,
-                     backend=self.config.attention_backend)
+        try:
+            logits = run(ids, pos, decode, prefill, rows, self.kv_caches,
+                         block_size=self.config.block_size,
+                         backend=self.config.attention_backend)
+        except RuntimeError as e:
+            if self.config.attention_backend != "sparse" or m.device.type == "cpu":
+                raise
+            # a device whose torch lacks a sparse kernel: copy the blocks instead (the
+            # step is safe to redo: it rewrites the same K/V into the same slots)
+            log.warning("sparse paged attention failed on %s (%s); using the gather "
+                        "backend", m.device, e)
+            self.config.attention_backend = "gather"
+            logits = run(ids, pos, decode, prefill, rows, self.kv_caches,
+                         block_size=self.config.block_size, backend="gather")
         for seq, n in plan.seqs:
             self.scheduler.computed(seq, n)
         outputs = []

@@ -4,10 +4,11 @@
 
 An application is one ``OpenAiIngress`` deployment (HTTP: routes ``/v1/...``, picks the
 model) holding a handle to one ``LLMServer`` deployment per model (each replica runs an
-``AsyncLLMEngine``). Streams are server-sent events produced by the LLMServer as the
-engine makes tokens; the ingress forwards them as they come, so streaming adds no
-batching delay of its own. When several events are ready at once they travel as one
-message (fewer hops under load, never a wait).
+``AsyncLLMEngine``); with a single model the LLMServer answers HTTP itself, one hop less
+per streamed token than Ray's layout. Streams are server-sent events produced by the
+LLMServer as the engine makes tokens; the ingress forwards them as they come, so
+streaming adds no batching delay of its own. When several events are ready at once
+they travel as one message (fewer hops under load, never a wait).
 """
 
 from __future__ import annotations
@@ -242,77 +243,106 @@ class LLMServer:
             if last is None or not last.finished:
                 self.engine.abort(rid)  # the client went away, or the stream was closed
 
+    async def __call__(self, request):
+        """HTTP for this model alone (the app's ingress when it serves one model)."""
+        return await serve_openai_http(request, {self.config.model_id: self})
+
     def __del__(self):
         eng = getattr(self, "engine", None)
         if eng is not None:
             eng.shutdown()
 
 
+class _RemoteServer:
+    """An LLMServer behind a handle, as the HTTP code calls it."""
+
+    def __init__(self, handle):
+        self._h = handle
+
+    async def generate(self, body: dict, chat: bool) -> dict:
+        return await self._h.generate.remote(body, chat)
+
+    def stream(self, body: dict, chat: bool):
+        return self._h.options(stream=True).stream.remote(body, chat)
+
+    async def model_card(self) -> dict:
+        return await self._h.model_card.remote()
+
+
+async def _card(server) -> dict:
+    card = server.model_card()
+    return await card if hasattr(card, "__await__") else card
+
+
+async def serve_openai_http(request, servers: dict):
+    """Answer one OpenAI API request; ``servers`` maps model ids to objects with
+    ``generate(body, chat)`` (awaitable), ``stream(body, chat)`` (async iterator of SSE
+    text) and ``model_card()``. Every error is an OpenAI-shaped JSON answer."""
+    from starlette.responses import JSONResponse, StreamingResponse
+
+    path = request.url.path[len(request.scope.get("root_path", "")):] or "/"
+    path = path.rstrip("/") or "/"
+    try:
+        if request.method == "GET" and path == "/v1/models":
+            return JSONResponse({"object": "list",
+                                 "data": [await _card(s) for s in servers.values()]})
+        if request.method == "GET" and path.startswith("/v1/models/"):
+            want = path[len("/v1/models/"):]
+            if want not in servers:
+                raise OpenAIError(404, f"The model {want!r} does not exist.",
+                                  "NotFoundError", "model")
+            return JSONResponse(await _card(servers[want]))
+        routes = {"/v1/completions": False, "/v1/chat/completions": True}
+        if path not in routes:
+            raise OpenAIError(404, f"No route {request.method} {path}", "NotFoundError")
+        if request.method != "POST":
+            raise OpenAIError(405, f"{path} takes POST", "MethodNotAllowed")
+        chat = routes[path]
+        try:
+            body = await request.json()
+        except ValueError:
+            raise bad("the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise bad("the request body must be a JSON object")
+        server = _pick(servers, body)
+        if not body.get("stream"):
+            return JSONResponse(await server.generate(body, chat))
+        gen = server.stream(body, chat)
+        first = await gen.__anext__()  # errors in the request surface here, as JSON
+
+        async def events():
+            yield first
+            async for chunk in gen:
+                yield chunk
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache"})
+    except Exception as e:  # noqa: BLE001 - every error is an OpenAI-shaped answer
+        err = as_openai_error(e)
+        return JSONResponse(err.to_dict(), status_code=err.status)
+
+
+def _pick(servers: dict, body: dict):
+    name = body.get("model")
+    if name is None and len(servers) == 1:
+        return next(iter(servers.values()))
+    if name not in servers:
+        raise OpenAIError(404, f"The model {name!r} does not exist. Served models: "
+                          f"{sorted(servers)}", "NotFoundError", "model")
+    return servers[name]
+
+
 class OpenAiIngress:
-    """The HTTP side: ``GET /v1/models``, ``POST /v1/completions``, ``POST
-    /v1/chat/completions``; picks the LLMServer by the body's ``model`` (the only one
-    when there is one and none is named); errors are OpenAI-shaped JSON."""
+    """The HTTP side for several models: ``GET /v1/models``, ``POST /v1/completions``,
+    ``POST /v1/chat/completions``; picks the LLMServer by the body's ``model``; errors
+    are OpenAI-shaped JSON. (With one model, build_openai_app lets the LLMServer answer
+    HTTP itself: one hop less per token.)"""
 
     def __init__(self, llm_deployments: list, model_ids: list[str]):
-        self._servers = dict(zip(model_ids, llm_deployments, strict=True))
-        self._cards: dict | None = None
-
-    async def _models(self) -> list[dict]:
-        if self._cards is None:
-            self._cards = {m: await h.model_card.remote() for m, h in self._servers.items()}
-        return list(self._cards.values())
-
-    def _pick(self, body: dict):
-        name = body.get("model")
-        if name is None and len(self._servers) == 1:
-            return next(iter(self._servers.values()))
-        if name not in self._servers:
-            raise OpenAIError(404, f"The model {name!r} does not exist. Served models: "
-                              f"{sorted(self._servers)}", "NotFoundError", "model")
-        return self._servers[name]
+        self._servers = {m: _RemoteServer(h) for m, h in
+                         zip(model_ids, llm_deployments, strict=True)}
 
     async def __call__(self, request):
-        from starlette.responses import JSONResponse, StreamingResponse
-
-        path = request.url.path[len(request.scope.get("root_path", "")):] or "/"
-        path = path.rstrip("/") or "/"
-        try:
-            if request.method == "GET" and path == "/v1/models":
-                return JSONResponse({"object": "list", "data": await self._models()})
-            if request.method == "GET" and path.startswith("/v1/models/"):
-                want = path[len("/v1/models/"):]
-                card = next((c for c in await self._models() if c["id"] == want), None)
-                if card is None:
-                    raise OpenAIError(404, f"The model {want!r} does not exist.",
-                                      "NotFoundError", "model")
-                return JSONResponse(card)
-            routes = {"/v1/completions": False, "/v1/chat/completions": True}
-            if path not in routes:
-                raise OpenAIError(404, f"No route {request.method} {path}", "NotFoundError")
-            if request.method != "POST":
-                raise OpenAIError(405, f"{path} takes POST", "MethodNotAllowed")
-            chat = routes[path]
-            try:
-                body = await request.json()
-            except ValueError:
-                raise bad("the request body is not valid JSON") from None
-            if not isinstance(body, dict):
-                raise bad("the request body must be a JSON object")
-            server = self._pick(body)
-            if not body.get("stream"):
-                return JSONResponse(await server.generate.remote(body, chat))
-            gen = server.options(stream=True).stream.remote(body, chat)
-            first = await gen.__anext__()  # errors in the request surface here, as JSON
-
-            async def events():
-                yield first
-                async for chunk in gen:
-                    yield chunk
-            return StreamingResponse(events(), media_type="text/event-stream",
-                                     headers={"cache-control": "no-cache"})
-        except Exception as e:  # noqa: BLE001 - every error is an OpenAI-shaped answer
-            err = as_openai_error(e)
-            return JSONResponse(err.to_dict(), status_code=err.status)
+        return await serve_openai_http(request, self._servers)
 
 
 def as_openai_error(e: BaseException) -> OpenAIError:
@@ -340,7 +370,8 @@ def build_llm_deployment(llm_config: LLMConfig | dict, *, name_prefix: str = "")
 def build_openai_app(builder_config: dict):
     """An application serving every model of ``{"llm_configs": [...]}`` (LLMConfig
     objects or dicts) behind one OpenAI-compatible ingress; ``serve.run`` it. Differs
-    from Ray: no LoRA, ``ingress_deployment_config`` is the only other key."""
+    from Ray: one model (and no ``ingress_deployment_config``) is served by its
+    LLMServer alone, with no separate ingress; no LoRA."""
     from raylite import serve
 
     if isinstance(builder_config, dict):
@@ -357,6 +388,10 @@ def build_openai_app(builder_config: dict):
     ids = [c.model_id for c in configs]
     if len(set(ids)) != len(ids):
         raise ValueError(f"model ids must be unique, got {ids}")
+    if len(configs) == 1 and not ingress_opts:
+        # one model: its LLMServer answers HTTP itself (Ray puts an ingress in front,
+        # which costs a hop per streamed token)
+        return build_llm_deployment(configs[0])
     servers = [build_llm_deployment(c) for c in configs]
     ingress_opts.setdefault("max_ongoing_requests", 1024)
     actor = dict(ingress_opts.pop("ray_actor_options", None) or {})
