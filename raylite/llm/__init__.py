@@ -16,6 +16,14 @@ prefix caching) and vLLM's names where it has them. See README.md ("LLM").
 from __future__ import annotations
 
 from raylite.llm._private.async_engine import AsyncLLMEngine
+from raylite.llm._private.cloud import (
+    AzureFileSystem,
+    CloudFileSystem,
+    GCSFileSystem,
+    S3FileSystem,
+    download_model,
+    get_filesystem,
+)
 from raylite.llm._private.config import EngineConfig
 from raylite.llm._private.engine import LLMEngine, RequestOutput
 from raylite.llm._private.gpt import GPT, GPTConfig
@@ -25,5 +33,6 @@ from raylite.llm._private.tokenizer import ByteTokenizer
 
 __all__ = [
     "LLMEngine", "AsyncLLMEngine", "EngineConfig", "SamplingParams", "RequestOutput",
-    "GPT", "GPTConfig", "ByteTokenizer", "PagedCausalLM",
+    "GPT", "GPTConfig", "ByteTokenizer", "PagedCausalLM", "CloudFileSystem",
+    "S3FileSystem", "GCSFileSystem", "AzureFileSystem", "get_filesystem", "download_model",
 ]
