@@ -48,9 +48,7 @@ def wait_local(core, refs: list, num_returns: int, timeout: float | None):
     """``(ready, not_ready)``: ready = computed and readable on this node."""
     deadline = None if timeout is None else time.monotonic() + timeout
     core.wait(refs, num_returns, timeout)
-    with core._lock:
-        computed = {r.id: core._objects[r.id].desc for r in refs
-                    if core._objects[r.id].desc is not None}
+    computed = core.ready_descs(refs)
     local = {oid for oid, desc in computed.items() if _is_local(core, desc)}
     out_of_time = deadline is not None and time.monotonic() >= deadline
     if len(local) >= num_returns or (out_of_time and len(computed) == len(local)):
@@ -69,22 +67,10 @@ class _LocalWait:
         self.pulling: set = set()
         self.cond = threading.Condition()
         self.done = False
-        self.hooks: list = []  # (entry, callback) to take back when the wait ends
 
     def run(self, deadline: float | None):
         core = self.core
-        with core._lock:
-            for r in self.refs:
-                if r.id in self.local:
-                    continue
-                entry = core._objects[r.id]
-                if entry.desc is not None:
-                    self.arrived(r.id, entry.desc)
-                else:
-                    def cb(oid=r.id, e=entry):
-                        self.arrived(oid, e.desc)
-                    entry.callbacks.append(cb)
-                    self.hooks.append((entry, cb))
+        unwatch = core.watch([r for r in self.refs if r.id not in self.local], self.arrived)
         hook = core.blocked_hook
         if hook is not None:
             hook(True)  # a task waiting here lends its CPU, as in get
@@ -100,10 +86,7 @@ class _LocalWait:
         finally:
             if hook is not None:
                 hook(False)
-            with core._lock:
-                for entry, cb in self.hooks:
-                    if cb in entry.callbacks:
-                        entry.callbacks.remove(cb)
+            unwatch()
         return _ready_in_order(self.refs, ready_ids, self.num_returns)
 
     def arrived(self, oid: bytes, desc) -> None:
@@ -120,7 +103,7 @@ class _LocalWait:
         """Copy one object here. It goes on after the wait has returned (as Ray's
         fetches do): the next wait or get finds the copy."""
         try:
-            self.core._local_copy(desc[1], desc[2])
+            self.core.local_copy(desc[1], desc[2])
         except Exception:  # lost: the get after the wait raises it
             pass
         self.mark(oid)

@@ -43,7 +43,7 @@ class Serialized:
         self.size = len(meta) + sum(memoryview(b).nbytes for b in buffers)
 
 
-def _plain(value) -> bool:
+def is_plain(value) -> bool:
     """Builtin scalars, or a flat tuple/list/dict of them: plain pickle is enough (and
     several times faster than cloudpickle)."""
     t = type(value)
@@ -59,7 +59,7 @@ def _plain(value) -> bool:
 
 def serialize(value) -> Serialized:
     """Pickle ``value``; ObjectRefs found inside are collected into ``.refs``."""
-    if _plain(value):
+    if is_plain(value):
         return Serialized(pickle.dumps(value, 5), [], [])
     buffers: list = []
     refs: list = []

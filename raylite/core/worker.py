@@ -26,9 +26,10 @@ from raylite import exceptions as exc
 from raylite.core import protocol as P
 from raylite.core import runtime
 from raylite.core import serialization as ser
-from raylite.core.core_worker import CoreWorker, _Dep
+from raylite.core.core_worker import CoreWorker
 from raylite.core.object_ref import ObjectRef, new_id, reset_id_prefix, return_id
 from raylite.core.osutil import die_with_parent
+from raylite.core.task_spec import Dep
 
 log = logging.getLogger("raylite.worker")
 
@@ -131,7 +132,7 @@ class Executor:
             values = [self.core.read_desc(d) for d in deps]
 
             def sub(v):
-                return values[v.i] if isinstance(v, _Dep) else v
+                return values[v.i] if isinstance(v, Dep) else v
             args = tuple(sub(a) for a in args)
             kwargs = {k: sub(v) for k, v in kwargs.items()}
         return args, kwargs
@@ -149,11 +150,7 @@ class Executor:
         return [self.describe(v, return_id(tid, i)) for i, v in enumerate(values)]
 
     def describe(self, value, oid: bytes) -> tuple:
-        s = ser.serialize(value)
-        if s.refs:
-            with self.core._lock:
-                self.core._mark_escaped(s.refs)
-        return self.core._make_desc(s, oid)
+        return self.core.describe(value, oid)
 
     def reply(self, owner: str, body: dict) -> None:
         body["t1"] = time.time()

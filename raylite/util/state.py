@@ -153,25 +153,8 @@ def list_objects(filters=None, limit: int | None = None, as_df: bool = False, de
     """Objects: those this process owns or borrows (with local reference counts) and
     every object in the stores of this host's nodes."""
     core = require_core()
-    recs, seen = [], set()
-    with core._lock:
-        entries = list(core._objects.items())
-    for oid, e in entries:
-        if len(oid) == 17 and oid[:1] == b"A":
-            continue  # an actor's handle count, not an object
-        desc = e.desc
-        size, node, where = None, None, "PENDING"
-        if desc is not None and desc[0] == "i":
-            size = len(desc[1]) + sum(len(b) for b in desc[2])
-            where = "INLINE"
-        elif desc is not None and desc[0] == "s":
-            size, node, where = desc[3], desc[1], "SHARED_MEMORY"
-        elif desc is not None:
-            where = "ERROR"
-        seen.add(oid.hex())
-        recs.append({"object_id": oid.hex(), "size": size, "node_id": node,
-                     "location": where, "owner": "this process" if e.owner is None
-                     else e.owner, "ref_count": e.refs, "escaped": e.escaped})
+    recs = core.owned_objects()
+    seen = {r["object_id"] for r in recs}
     sess = store.session_dir(core.session)
     for root, where in ((sess, "SHARED_MEMORY"), (store.spill_root(core.session), "SPILLED")):
         try:
