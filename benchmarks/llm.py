@@ -9,13 +9,15 @@ Run from the repository root:
 Model: a GPT-2-style transformer with random weights (HF ``GPT2LMHeadModel``; the
 engine serves the same module through its paged forward): ``small`` = 6 layers, d=384,
 6 heads, vocab 4096, fp32 (12.4M parameters, the issue's); ``gpt2-124m`` = GPT-2 small's
-shape. Workload: N concurrent streams (1, 8, 32), 32-token random prompts, max_new_tokens
-uniform in 8..128 (seeded), EOS ignored. Measured:
+shape. Workload: N concurrent streams (1, 8, 32), each a client sending 4 requests one after
+another (``--quick``: 2), 32-token random prompts, max_new_tokens uniform in 8..128
+(seeded), EOS ignored. Measured:
 
-- engine: all N requests at once; useful tokens/s (tokens asked for / wall time), time to
-  first token (TTFT) and inter-token latency (ITL) p50/p99 per token;
-- HF static: one ``generate`` over the batch to its longest request (every slot runs to
-  the end; wasted = slots past their request's length); useful tokens/s;
+- engine: a stream's next request joins the moment its last one ends; useful tokens/s
+  (tokens asked for / wall time), time to first token (TTFT) and inter-token latency
+  (ITL) p50/p99 per token;
+- HF static: the k-th requests of all streams as one ``generate`` batch, run to its
+  longest request before the next batch (wasted = slots past their request's length);
 - floor: the model's decode step at batch N with HF's KV cache, 128 steps after a
   prefill: tokens/s with no waste and no scheduling;
 - HTTP: the same workload through ``/v1/completions`` with ``stream=true`` (httpx, N
@@ -71,10 +73,14 @@ def make_model(name: str, device: str = "cpu", seed: int = 0):
     return GPT2LMHeadModel(cfg).eval().to(device)
 
 
-def workload(n: int, vocab: int, seed: int = 0) -> tuple[list[list[int]], list[int]]:
+def workload(n: int, vocab: int, seed: int = 0, per_stream: int = 4
+             ) -> list[list[tuple[list[int], int]]]:
+    """``n`` streams, each ``per_stream`` requests of (prompt, max_new_tokens) that the
+    stream's client sends one after another (a closed loop: a stream's next request
+    goes in the moment its last one finished)."""
     rnd = random.Random(seed + n)
-    prompts = [[rnd.randrange(vocab) for _ in range(PROMPT_LEN)] for _ in range(n)]
-    return prompts, [rnd.randint(*MAX_NEW) for _ in range(n)]
+    return [[([rnd.randrange(vocab) for _ in range(PROMPT_LEN)], rnd.randint(*MAX_NEW))
+             for _ in range(per_stream)] for _ in range(n)]
 
 
 def pct(xs: list[float], q: float) -> float | None:
@@ -92,41 +98,60 @@ def latency_summary(times: dict[str, list[float]], start: dict[str, float]) -> d
             "itl_p50_ms": (pct(itl, .5) or 0) * ms, "itl_p99_ms": (pct(itl, .99) or 0) * ms}
 
 
-def run_engine(engine, prompts, lens) -> dict:
+def run_engine(engine, streams) -> dict:
+    """Every stream's requests through the engine, each stream's next request added as
+    soon as its previous one finishes (continuous batching refills the slot)."""
     from raylite.llm import SamplingParams
 
     times: dict[str, list[float]] = {}
     start: dict[str, float] = {}
+    nxt = [0] * len(streams)
+
+    def submit(s: int) -> None:
+        k = nxt[s]
+        if k < len(streams[s]):
+            prompt, n = streams[s][k]
+            nxt[s] += 1
+            rid = engine.add_request(f"{s}-{k}", prompt, SamplingParams(
+                max_tokens=n, temperature=0, ignore_eos=True))
+            start[rid], times[rid] = time.perf_counter(), []
+
     t0 = time.perf_counter()
-    for i, (p, n) in enumerate(zip(prompts, lens, strict=True)):
-        rid = engine.add_request(f"r{i}", p, SamplingParams(max_tokens=n, temperature=0,
-                                                           ignore_eos=True))
-        start[rid], times[rid] = time.perf_counter(), []
+    for s in range(len(streams)):
+        submit(s)
     while engine.has_unfinished_requests():
         outs = engine.step()
         now = time.perf_counter()
         for o in outs:
             times[o.request_id].extend([now] * len(o.delta_token_ids))
+            if o.finished:
+                submit(int(o.request_id.split("-")[0]))
     wall = time.perf_counter() - t0
-    return {"tokens_per_s": sum(lens) / wall, "wall_s": wall,
-            **latency_summary(times, start)}
+    useful = sum(n for reqs in streams for _, n in reqs)
+    return {"tokens_per_s": useful / wall, "wall_s": wall, **latency_summary(times, start)}
 
 
-def run_hf_static(model, prompts, lens) -> dict:
+def run_hf_static(model, streams) -> dict:
+    """The same requests as static batches: the k-th request of every stream together,
+    each batch generating to its longest request before the next batch starts."""
     import torch
 
     dev = next(model.parameters()).device
-    ids = torch.tensor(prompts, device=dev)
-    longest = max(lens)
+    useful = slots = 0
     _sync(dev)
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=longest,
-                       min_new_tokens=longest, do_sample=False, pad_token_id=0)
+    for k in range(len(streams[0])):
+        batch = [reqs[k] for reqs in streams]
+        ids = torch.tensor([p for p, _ in batch], device=dev)
+        longest = max(n for _, n in batch)
+        with torch.inference_mode():
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=longest,
+                           min_new_tokens=longest, do_sample=False, pad_token_id=0)
+        useful += sum(n for _, n in batch)
+        slots += len(batch) * longest
     _sync(dev)
     wall = time.perf_counter() - t0
-    return {"tokens_per_s": sum(lens) / wall, "wall_s": wall,
-            "wasted_frac": 1 - sum(lens) / (len(lens) * longest)}
+    return {"tokens_per_s": useful / wall, "wall_s": wall, "wasted_frac": 1 - useful / slots}
 
 
 def run_floor(model, n: int, steps: int = 128) -> dict:
@@ -188,7 +213,7 @@ def run_prefix(model, repeats: int = 3) -> dict:
 
 
 def run_http(model, streams: tuple[int, ...], engine_ttft_1: float | None,
-             repeats: int = 1) -> dict:
+             repeats: int = 1, per_stream: int = 4) -> dict:
     import raylite
     from raylite import serve
     from raylite.serve.llm import LLMConfig, build_openai_app
@@ -207,12 +232,11 @@ def run_http(model, streams: tuple[int, ...], engine_ttft_1: float | None,
                             deployment_config={"ray_actor_options": {"num_cpus": 0}})
             serve.run(build_openai_app({"llm_configs": [cfg]}), name="llm", route_prefix="/")
             url = f"http://127.0.0.1:{port}/v1/completions"
-            asyncio.run(_http_round(url, *workload(4, model.config.vocab_size, 99)))  # warm
+            asyncio.run(_http_round(url, workload(4, model.config.vocab_size, 99, 1)))
             for _ in range(repeats):
                 for n in streams:
-                    prompts, lens = workload(n, model.config.vocab_size)
-                    out[str(n)] = _best(out.get(str(n)),
-                                        asyncio.run(_http_round(url, prompts, lens)))
+                    out[str(n)] = _best(out.get(str(n)), asyncio.run(_http_round(
+                        url, workload(n, model.config.vocab_size, per_stream=per_stream))))
         finally:
             serve.shutdown()
             raylite.shutdown()
@@ -221,16 +245,15 @@ def run_http(model, streams: tuple[int, ...], engine_ttft_1: float | None,
     return out
 
 
-async def _http_round(url: str, prompts, lens) -> dict:
+async def _http_round(url: str, streams) -> dict:
     import httpx
 
     times: dict[str, list[float]] = {}
     start: dict[str, float] = {}
     counts: list[int] = []
-    limits = httpx.Limits(max_connections=len(prompts) + 4)
+    limits = httpx.Limits(max_connections=len(streams) + 4)
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
-        async def one(i, p, n):
-            rid = f"r{i}"
+        async def one(rid, p, n):
             times[rid] = []
             start[rid] = time.perf_counter()
             body = {"model": "m", "prompt": p, "max_tokens": n, "temperature": 0,
@@ -246,9 +269,13 @@ async def _http_round(url: str, prompts, lens) -> dict:
                         counts.append(ev["usage"]["completion_tokens"])
                     elif ev["choices"]:  # one event a token
                         times[rid].append(time.perf_counter())
+
+        async def stream(s, reqs):  # a client: its requests one after another
+            for k, (p, n) in enumerate(reqs):
+                await one(f"{s}-{k}", p, n)
+
         t0 = time.perf_counter()
-        await asyncio.gather(*(one(i, p, n) for i, (p, n) in
-                               enumerate(zip(prompts, lens, strict=True))))
+        await asyncio.gather(*(stream(s, reqs) for s, reqs in enumerate(streams)))
         wall = time.perf_counter() - t0
     return {"tokens_per_s": sum(counts) / wall, "wall_s": wall, "tokens": sum(counts),
             **latency_summary(times, start)}
@@ -271,13 +298,14 @@ def measure(model_name: str, device: str, streams: tuple[int, ...], http: bool,
                            "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
                            "torch_threads": torch.get_num_threads()}
     backends = ("sparse",) if quick else ("sparse", "gather")
+    per_stream = 2 if quick else 4
     engines = {b: new_engine(model, attention_backend=b) for b in backends}
     for rep in range(repeats):  # interleaved, so a burst of load hits every series alike
         for n in streams:
-            prompts, lens = workload(n, model.config.vocab_size)
+            work = workload(n, model.config.vocab_size, per_stream=per_stream)
             runs = {("engine" if b == "sparse" else "engine_gather"):
-                    partial(run_engine, e, prompts, lens) for b, e in engines.items()}
-            runs["hf_static"] = partial(run_hf_static, model, prompts, lens)
+                    partial(run_engine, e, work) for b, e in engines.items()}
+            runs["hf_static"] = partial(run_hf_static, model, work)
             runs["floor"] = partial(run_floor, model, n, 32 if quick else 128)
             for key, fn in runs.items():
                 got = res.setdefault(key, {})
@@ -290,7 +318,7 @@ def measure(model_name: str, device: str, streams: tuple[int, ...], http: bool,
           f"{res['prefix']['warm_ttft_ms']:.1f} ms cached", flush=True)
     if http:
         e1 = res["engine"].get("1", {}).get("ttft_p50_ms")
-        res["http"] = run_http(model, streams, e1, repeats)
+        res["http"] = run_http(model, streams, e1, repeats, per_stream)
         for n in streams:
             print(f"http           {n:3d} streams: "
                   f"{res['http'][str(n)]['tokens_per_s']:8.0f} tok/s", flush=True)

@@ -14,8 +14,9 @@ Measured on this CPU, gathering the batch's blocks into a padded tensor each ste
 decode attention ~3x slower than attention over an ideal contiguous cache; the sparse
 form is ~1.7x (vLLM does this with a CUDA kernel; torch has none for CPU).
 
-Prefill chunks run dense: a first chunk attends causally to itself; a later chunk (or
-one after a prefix-cache hit) gathers its own sequence's earlier keys once per chunk.
+Prefill chunks run dense: first chunks attend causally to themselves (equal-length ones
+batched into one call); a later chunk (or one after a prefix-cache hit) gathers its own
+sequence's earlier keys once per chunk.
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ class PrefillChunk:
 
 
 @dataclass
+class FirstChunks:
+    """``count`` first chunks (no earlier context) of ``length`` tokens each, adjacent
+    in the step's batch from ``tok_start``: attended in one batched causal call."""
+
+    tok_start: int
+    count: int
+    length: int
+
+
+@dataclass
 class AttentionMetadata:
     """Where a step's tokens go and what they read, shared by every layer."""
 
@@ -51,7 +62,7 @@ class AttentionMetadata:
     pad_len: int = 0                     # the longest decode row
     gather_tables: torch.Tensor | None = None  # [Bd, L] slots, for attention="gather"
     gather_lens: torch.Tensor | None = None    # [Bd]
-    prefills: list[PrefillChunk] = field(default_factory=list)
+    prefills: list = field(default_factory=list)  # PrefillChunk or FirstChunks
 
 
 def build_metadata(decode: list[tuple[list[int], int]],
@@ -70,8 +81,15 @@ def build_metadata(decode: list[tuple[list[int], int]],
         end = start + n
         pos_slots = [table[p // bs] * bs + p % bs for p in range(end)]
         slot_list.extend(pos_slots[start:])
-        ctx = None if start == 0 else torch.tensor(pos_slots, dtype=torch.long)
-        chunks.append(PrefillChunk(tok, tok + n, start, ctx))
+        if start == 0:
+            last = chunks[-1] if chunks else None
+            if isinstance(last, FirstChunks) and last.length == n:
+                last.count += 1
+            else:
+                chunks.append(FirstChunks(tok, 1, n))
+        else:
+            chunks.append(PrefillChunk(tok, tok + n, start,
+                                       torch.tensor(pos_slots, dtype=torch.long)))
         tok += n
     md = AttentionMetadata(slots=torch.tensor(slot_list, dtype=torch.long),
                            num_decode=len(decode), prefills=chunks)
@@ -112,7 +130,7 @@ def _to(md: AttentionMetadata, device) -> AttentionMetadata:
         if t is not None:
             setattr(md, name, t.to(device, non_blocking=True))
     for c in md.prefills:
-        if c.ctx_slots is not None:
+        if isinstance(c, PrefillChunk):
             c.ctx_slots = c.ctx_slots.to(device, non_blocking=True)
     return md
 
@@ -136,26 +154,30 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         else:
             out[:nd] = _decode_gather(q[:nd], kp, vp, md, scale)
     for c in md.prefills:
+        if isinstance(c, FirstChunks):
+            # first chunks of equal length, adjacent in the batch: one batched call
+            a, b = c.tok_start, c.tok_start + c.count * c.length
+            qs = q[a:b].view(c.count, c.length, H, hd).transpose(1, 2)  # (S, H, C, hd)
+            ks = _expand_kv(k[a:b].view(c.count, c.length, Hk, hd).transpose(1, 2), H, 1)
+            vs = _expand_kv(v[a:b].view(c.count, c.length, Hk, hd).transpose(1, 2), H, 1)
+            o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)
+            out[a:b] = o.transpose(1, 2).reshape(b - a, H, hd)
+            continue
         qc = q[c.tok_start:c.tok_end].transpose(0, 1)            # (H, C, hd)
-        if c.ctx_slots is None:
-            kc, vc = k[c.tok_start:c.tok_end], v[c.tok_start:c.tok_end]
-            mask, causal = None, True
-        else:
-            kc, vc = kp[c.ctx_slots], vp[c.ctx_slots]            # (L, Hk, hd)
-            qpos = torch.arange(c.start, c.start + qc.shape[1], device=q.device)
-            mask = torch.arange(kc.shape[0], device=q.device)[None, :] <= qpos[:, None]
-            causal = False
+        kc, vc = kp[c.ctx_slots], vp[c.ctx_slots]                # (L, Hk, hd)
+        qpos = torch.arange(c.start, c.start + qc.shape[1], device=q.device)
+        mask = torch.arange(kc.shape[0], device=q.device)[None, :] <= qpos[:, None]
         kc, vc = _expand_kv(kc.transpose(0, 1), H), _expand_kv(vc.transpose(0, 1), H)
         o = F.scaled_dot_product_attention(qc[None], kc[None], vc[None], attn_mask=mask,
-                                           is_causal=causal, scale=scale)
+                                           scale=scale)
         out[c.tok_start:c.tok_end] = o[0].transpose(0, 1)
     return out.view(T, H * hd)
 
 
-def _expand_kv(x: torch.Tensor, H: int) -> torch.Tensor:
-    """(Hk, L, hd) -> (H, L, hd) for grouped-query attention."""
-    Hk = x.shape[0]
-    return x if Hk == H else x.repeat_interleave(H // Hk, dim=0)
+def _expand_kv(x: torch.Tensor, H: int, dim: int = 0) -> torch.Tensor:
+    """(.., Hk, L, hd) -> (.., H, L, hd) for grouped-query attention."""
+    Hk = x.shape[dim]
+    return x if Hk == H else x.repeat_interleave(H // Hk, dim=dim)
 
 
 def _decode_sparse(q, kp, vp, md, scale):
