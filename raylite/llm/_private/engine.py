@@ -308,6 +308,7 @@ class LLMEngine:
             "preemptions": st.preemptions,
             "tokens_per_s": (sum(n for _, n in window) / span) if span > 0 else 0.0,
             "ttft_p50_s": ttft[len(ttft) // 2] if ttft else None,
+            "ttft_recent_s": list(self._ttft)[-16:],
             "step_time_s": (sum(self._step_time) / len(self._step_time)
                             if self._step_time else None),
         }
