@@ -6,9 +6,7 @@ node kills its agent (and so its workers), as losing a machine would.
 
 from __future__ import annotations
 
-from raylite.core import protocol as P
-from raylite.core import store
-from raylite.core.driver import LocalCluster, new_session_id, query_head
+from raylite.core import runtime_api
 from raylite.testing import wait_for_condition
 
 
@@ -32,8 +30,7 @@ class Cluster:
 
     def __init__(self, initialize_head: bool = False, connect: bool = False,
                  head_node_args: dict | None = None):
-        self._local = LocalCluster(new_session_id())
-        self._local.start_head(wait_ready=True)
+        self._local = runtime_api.start_cluster()
         self._nodes: list[NodeHandle] = []
         self._connected = False
         self.head_node = None
@@ -45,6 +42,12 @@ class Cluster:
     @property
     def address(self) -> str:
         return self._local.address.replace("tcp://", "")
+
+    @property
+    def local_cluster(self) -> runtime_api.LocalCluster:
+        """Its processes (a raylite extension): what an autoscaler's LocalNodeProvider
+        starts nodes in."""
+        return self._local
 
     @property
     def token(self) -> str:
@@ -75,16 +78,15 @@ class Cluster:
         """Kill the node's agent (SIGKILL) and so its workers, and drop its object store
         (a lost machine loses its memory); the head notices by missed heartbeats, tasks
         are retried elsewhere and lost objects rebuilt from lineage."""
-        self._local.kill_node(node.node_id)
-        store.remove_dir(store.node_dir(self._local.session, node.node_id))
+        self._local.kill_node(node.node_id, drop_store=True)
         self._nodes.remove(node)
 
     def list_all_nodes(self) -> list[NodeHandle]:
         return list(self._nodes)
 
     def _alive_ids(self) -> set[str]:
-        info = query_head(self._local.address, P.CLUSTER_INFO, token=self.token)
-        return {n["node_id"] for n in info["nodes"] if n["alive"]}
+        return {n["node_id"] for n in runtime_api.query_nodes(self._local.address, self.token)
+                if n["alive"]}
 
     def wait_for_nodes(self, timeout: float = 30.0) -> None:
         """Wait until the head sees exactly the nodes added and not removed as alive."""

@@ -258,6 +258,15 @@ class FakeCluster:
     def add_node(self, **kw):
         self.added.append(kw)
 
+    def node_process(self, node_id):
+        return self.agents.get(node_id)
+
+    def stop_node(self, node_id):
+        return self.agents.get(node_id)
+
+    def forget_node(self, node_id, proc=None):
+        self.agents.pop(node_id, None)
+
 
 def test_local_provider_knobs_change_launches_at_run_time():
     t = types(spot={"resources": {"CPU": 2, "GPU": 1, "disk": 3}, "labels": {"k": "v"}})

@@ -31,7 +31,7 @@ file with a head node type and ``node_config``.
 from __future__ import annotations
 
 from raylite.autoscaler.config import NODE_TYPE_LABEL, AutoscalerConfig, NodeTypeConfig
-from raylite.autoscaler.monitor import Autoscaler
+from raylite.autoscaler.monitor import Autoscaler, get, start, stop
 from raylite.autoscaler.policy import Decision, availability_scores, decide
 from raylite.autoscaler.provider import LocalNodeProvider, NodeProvider
 from raylite.autoscaler.sdk import request_resources
@@ -39,36 +39,3 @@ from raylite.autoscaler.sdk import request_resources
 __all__ = ["Autoscaler", "AutoscalerConfig", "NodeTypeConfig", "NodeProvider",
            "LocalNodeProvider", "Decision", "decide", "availability_scores", "start", "stop",
            "get", "request_resources", "NODE_TYPE_LABEL"]
-
-_current: Autoscaler | None = None
-
-
-def start(config: AutoscalerConfig | dict, provider: NodeProvider | None = None) -> Autoscaler:
-    """Start the autoscaler loop in this driver (``raylite.init()`` first); it stops with
-    ``raylite.shutdown()`` or :func:`stop`. Returns it (its ``provider`` has the knobs)."""
-    global _current
-    from raylite.core import runtime
-
-    if runtime.core is None:
-        raise RuntimeError("call raylite.init() before starting the autoscaler")
-    if get() is not None:
-        raise RuntimeError("an autoscaler is already running; raylite.autoscaler.stop() it "
-                           "first")
-    scaler = Autoscaler(config, provider)
-    if isinstance(scaler.provider, LocalNodeProvider):
-        _ = scaler.provider.cluster  # fail now, not in the loop, without a local cluster
-    _current = scaler.start()
-    return scaler
-
-
-def stop() -> None:
-    """Stop the running autoscaler (the nodes it launched stay until shutdown)."""
-    global _current
-    scaler, _current = _current, None
-    if scaler is not None:
-        scaler.stop()
-
-
-def get() -> Autoscaler | None:
-    """The autoscaler started by :func:`start` in this process, while it runs."""
-    return _current if _current is not None and not _current.stopped else None

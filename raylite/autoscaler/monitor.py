@@ -24,8 +24,7 @@ import time
 from raylite.autoscaler import policy
 from raylite.autoscaler.config import AutoscalerConfig, NodeTypeConfig
 from raylite.autoscaler.provider import LocalNodeProvider, NodeProvider
-from raylite.core import protocol as P
-from raylite.core import runtime
+from raylite.core import runtime_api
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +61,9 @@ class Autoscaler:
     # ------------------------------------------------------------------ the loop
     def start(self) -> Autoscaler:
         """Run the loop in a background thread; ``raylite.shutdown()`` stops it."""
-        from raylite.core import driver
-
         if self._stop.is_set():
             raise RuntimeError("this autoscaler was stopped; make a new one")
-        driver._State.shutdown_hooks.append(self.stop)
+        runtime_api.add_shutdown_hook(self.stop)
         self._thread = threading.Thread(target=self._run, name="raylite-autoscaler",
                                         daemon=True)
         self._thread.start()
@@ -74,12 +71,12 @@ class Autoscaler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            if runtime.core is None:
+            if not runtime_api.is_initialized():
                 break
             try:
                 self.step()
             except Exception:
-                if self._stop.is_set() or runtime.core is None:
+                if self._stop.is_set() or not runtime_api.is_initialized():
                     break
                 log.exception("autoscaler tick failed; trying again next tick")
             self._stop.wait(self.config.interval_s)
@@ -87,21 +84,17 @@ class Autoscaler:
     def stop(self) -> None:
         """Stop the loop and cancel launches not started yet; the nodes stay (until
         ``raylite.shutdown()`` stops the cluster). Stopping twice does nothing."""
-        from raylite.core import driver
-
         if self.stopped:
             return
         self._stop.set()
-        if self.stop in driver._State.shutdown_hooks:
-            driver._State.shutdown_hooks.remove(self.stop)
+        runtime_api.remove_shutdown_hook(self.stop)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10.0)
         self.provider.shutdown()
-        core = runtime.core
-        if core is not None:
+        if runtime_api.is_initialized():
             status = self.status(None, now=time.time())
             status["running"] = False
-            core.send_head(P.AUTOSCALER_REPORT, {"status": status, "decisions": []})
+            runtime_api.report_autoscaler(status, [])
 
     @property
     def running(self) -> bool:
@@ -113,11 +106,10 @@ class Autoscaler:
 
     def step(self) -> policy.Decision:
         """One tick: observe, decide, act, report. Returns the policy's decision."""
-        core = runtime.core
-        if core is None:
+        if not runtime_api.is_initialized():
             raise RuntimeError("raylite is not initialized")
         now = time.time()
-        state = core.request_head(P.GET_STATE, {"sections": ["nodes", "demand"]}, timeout=10)
+        state = runtime_api.cluster_state("nodes", "demand", timeout=10)
         events: list[dict] = []
         alive = {n["node_id"]: n for n in state["nodes"] if n["alive"]}
         self._follow_launches(alive, now, events)
@@ -131,12 +123,11 @@ class Autoscaler:
             launch_budget=self._launch_budget(), resource_requests=self.resource_requests)
         self.decision_ms = (time.perf_counter() - t0) * 1e3
         self.last_decision = decision
-        self._act(core, decision, now, events)
+        self._act(decision, now, events)
         self._note_infeasible(decision, now, events)
         self.history.extend(events)
         self.ticks += 1
-        core.send_head(P.AUTOSCALER_REPORT, {"status": self.status(state, now),
-                                             "decisions": events})
+        runtime_api.report_autoscaler(self.status(state, now), events)
         return decision
 
     # ------------------------------------------------------------------ bookkeeping
@@ -199,7 +190,7 @@ class Autoscaler:
                   math.ceil(self.config.upscaling_speed * running))
         return max(0, cap - launching)
 
-    def _act(self, core, decision: policy.Decision, now: float, events: list) -> None:
+    def _act(self, decision: policy.Decision, now: float, events: list) -> None:
         for la in decision.launches:
             cfg = self.node_types[la.node_type]
             try:
@@ -217,7 +208,7 @@ class Autoscaler:
             self._event(events, now, "launch", cfg.name, la.reason, ids)
         for term in decision.terminations:
             try:
-                core.request_head(P.REMOVE_NODE, {"node_id": term.node_id}, timeout=10)
+                runtime_api.remove_node(term.node_id, timeout=10)
             finally:
                 self.provider.terminate(term.node_id)
             self.instances.pop(term.node_id, None)
@@ -281,3 +272,36 @@ class Autoscaler:
         instances = list(self.instances.values())
         counts = {t: sum(i["node_type"] == t for i in instances) for t in self.node_types}
         return f"Autoscaler(running={self.running}, nodes={counts}, failed={self.failures})"
+
+
+# ------------------------------------------------------------------ this process's one
+_current: Autoscaler | None = None
+
+
+def start(config: AutoscalerConfig | dict, provider: NodeProvider | None = None) -> Autoscaler:
+    """Start the autoscaler loop in this driver (``raylite.init()`` first); it stops with
+    ``raylite.shutdown()`` or :func:`stop`. Returns it (its ``provider`` has the knobs)."""
+    global _current
+    if not runtime_api.is_initialized():
+        raise RuntimeError("call raylite.init() before starting the autoscaler")
+    if get() is not None:
+        raise RuntimeError("an autoscaler is already running; raylite.autoscaler.stop() it "
+                           "first")
+    scaler = Autoscaler(config, provider)
+    if isinstance(scaler.provider, LocalNodeProvider):
+        _ = scaler.provider.cluster  # fail now, not in the loop, without a local cluster
+    _current = scaler.start()
+    return scaler
+
+
+def stop() -> None:
+    """Stop the running autoscaler (the nodes it launched stay until shutdown)."""
+    global _current
+    scaler, _current = _current, None
+    if scaler is not None:
+        scaler.stop()
+
+
+def get() -> Autoscaler | None:
+    """The autoscaler started by :func:`start` in this process, while it runs."""
+    return _current if _current is not None and not _current.stopped else None

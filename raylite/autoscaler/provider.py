@@ -22,7 +22,7 @@ import time
 import uuid
 
 from raylite.autoscaler.config import NodeTypeConfig
-from raylite.core import store
+from raylite.core import runtime_api
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,9 @@ class NodeProvider:
 class LocalNodeProvider(NodeProvider):
     """Virtual nodes as real processes of the driver's local cluster.
 
-    ``cluster`` is a ``LocalCluster`` or a ``raylite.cluster_utils.Cluster``; by default
-    the cluster ``raylite.init()`` started. ``warm_workers`` idle workers are forked on
+    ``cluster`` is a ``LocalCluster`` (``add_node``, ``node_process``, ``stop_node``,
+    ``forget_node``) or a ``raylite.cluster_utils.Cluster``; by default the cluster
+    ``raylite.init()`` started. ``warm_workers`` idle workers are forked on
     each new node (fewer make launches cheaper on a small machine).
     """
 
@@ -102,13 +103,11 @@ class LocalNodeProvider(NodeProvider):
     @property
     def cluster(self):
         if self._cluster is None:
-            from raylite.core.driver import _State
-
-            if _State.cluster is None:
+            self._cluster = runtime_api.local_cluster()
+            if self._cluster is None:
                 raise RuntimeError("LocalNodeProvider needs a cluster this process started "
                                    "(raylite.init() with no address, or pass cluster=)")
-            self._cluster = _State.cluster
-        return getattr(self._cluster, "_local", self._cluster)  # cluster_utils.Cluster
+        return getattr(self._cluster, "local_cluster", self._cluster)  # cluster_utils
 
     def launch(self, node_type: NodeTypeConfig, count: int) -> list[str]:
         cluster = self.cluster
@@ -161,7 +160,7 @@ class LocalNodeProvider(NodeProvider):
             if rec is None:
                 return "terminated", "unknown node"
             if rec["status"] == "started":
-                proc = self.cluster.agents.get(node_id)
+                proc = self.cluster.node_process(node_id)
                 if proc is not None and proc.poll() is not None:
                     rec["status"] = "failed"
                     rec["message"] = f"the node agent exited with code {proc.returncode}"
@@ -172,11 +171,10 @@ class LocalNodeProvider(NodeProvider):
             rec = self._nodes.pop(node_id, None)
             if rec is not None and rec["timer"] is not None:
                 rec["timer"].cancel()
-            proc = self.cluster.agents.get(node_id)
-            if proc is not None and node_id not in self._stopping:
-                if proc.poll() is None:
-                    proc.terminate()  # the agent stops its workers and frees its store
-                self._stopping[node_id] = (proc, time.monotonic() + 3.0)
+            if node_id not in self._stopping:
+                proc = self.cluster.stop_node(node_id)  # its workers stop, its store goes
+                if proc is not None:
+                    self._stopping[node_id] = (proc, time.monotonic() + 3.0)
         self._reap()
 
     def _reap(self) -> None:
@@ -189,10 +187,7 @@ class LocalNodeProvider(NodeProvider):
                     proc.wait()
                 if proc.poll() is not None:
                     del self._stopping[node_id]
-                    cluster = self.cluster
-                    if cluster.agents.get(node_id) is proc:
-                        del cluster.agents[node_id]
-                    store.remove_dir(store.node_dir(cluster.session, node_id))
+                    self.cluster.forget_node(node_id, proc)
 
     def non_terminated_nodes(self) -> dict[str, str]:
         with self._lock:

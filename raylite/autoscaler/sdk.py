@@ -14,9 +14,9 @@ def request_resources(num_cpus: int | None = None, bundles: list[dict] | None = 
     Differs from Ray: it talks to the autoscaler running in this driver
     (``raylite.autoscaler.start``), so it raises when none runs.
     """
-    from raylite import autoscaler
+    from raylite.autoscaler.monitor import get
 
-    scaler = autoscaler.get()
+    scaler = get()
     if scaler is None:
         raise RuntimeError("no autoscaler runs in this process; raylite.autoscaler.start() "
                            "one first")

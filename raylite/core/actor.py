@@ -8,7 +8,7 @@ import sys
 from raylite.core import options as opt
 from raylite.core import serialization
 from raylite.core import serialization as ser
-from raylite.core.runtime_api import require_core
+from raylite.core.lifecycle import require_core
 
 METHOD_OPTIONS = frozenset({"num_returns", "concurrency_group", "name"})
 

@@ -113,10 +113,33 @@ class LocalCluster:
             stdout=self._log(node_id), stderr=subprocess.STDOUT if self.detached else None)
         return node_id
 
-    def kill_node(self, node_id: str) -> None:
+    def node_process(self, node_id: str) -> subprocess.Popen | None:
+        """The agent process of a node started here (None once it is forgotten)."""
+        return self.agents.get(node_id)
+
+    def stop_node(self, node_id: str) -> subprocess.Popen | None:
+        """Ask a node's agent to stop (SIGTERM: it stops its workers and frees its
+        store); returns its process, which stays known until :meth:`forget_node`."""
+        proc = self.agents.get(node_id)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+        return proc
+
+    def forget_node(self, node_id: str, proc: subprocess.Popen | None = None) -> None:
+        """Drop a node whose agent has exited: its process (when it is still ``proc``)
+        and its store directory."""
+        if proc is None or self.agents.get(node_id) is proc:
+            self.agents.pop(node_id, None)
+        store.remove_dir(store.node_dir(self.session, node_id))
+
+    def kill_node(self, node_id: str, drop_store: bool = False) -> None:
+        """SIGKILL a node's agent (and so its workers), as losing a machine would; with
+        ``drop_store`` its store goes too (a lost machine loses its memory)."""
         proc = self.agents.pop(node_id)
         proc.kill()
         proc.wait()
+        if drop_store:
+            store.remove_dir(store.node_dir(self.session, node_id))
 
     def stop(self) -> None:
         procs = list(self.agents.values()) + ([self.head] if self.head else [])
@@ -226,13 +249,6 @@ def resolve_address(address: str) -> tuple[str, str | None]:
         except (FileNotFoundError, ValueError, KeyError):
             pass
     return address, token
-
-
-def auto_init():
-    from raylite.core.api import init
-
-    init()
-    return runtime.core
 
 
 def start_local(num_cpus=None, num_gpus=None, resources=None, labels=None, nodes=None,

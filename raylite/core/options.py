@@ -164,8 +164,21 @@ def captured_strategy(options: dict):
     pg = runtime.task_context.placement_group
     if not pg or not pg[2] or options.get("scheduling_strategy") is not None:
         return None
-    from raylite.util.placement_group import PlacementGroup
-    from raylite.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    return dict(options, scheduling_strategy=CapturedGroup(pg[0]))
 
-    return dict(options, scheduling_strategy=PlacementGroupSchedulingStrategy(
-        PlacementGroup(pg[0]), -1, True))
+
+class CapturedGroup:
+    """The strategy of a child captured by its parent's placement group: any bundle of
+    group ``pg_id``, capturing its own children too (what
+    ``PlacementGroupSchedulingStrategy(pg, -1, True)`` sends; the core does not import
+    ``raylite.util``, which is built on it)."""
+
+    def __init__(self, pg_id: str):
+        self.pg_id = pg_id
+
+    def _to_wire(self):
+        return ("pg", self.pg_id, -1, True)
+
+    def __repr__(self) -> str:
+        return f"PlacementGroupSchedulingStrategy({self.pg_id}, bundle_index=-1, " \
+               "capture_child_tasks=True)"

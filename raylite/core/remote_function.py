@@ -7,8 +7,8 @@ import functools
 from raylite.core import options as opt
 from raylite.core import runtime
 from raylite.core import serialization as ser
+from raylite.core.lifecycle import require_core
 from raylite.core.object_ref import new_id
-from raylite.core.runtime_api import require_core
 
 
 class RemoteFunction:

@@ -130,7 +130,7 @@ def write(directory: str, name: str, s: Serialized) -> tuple[str, int]:
     struct.pack_into("<IQ", head, len(MAGIC), n, len(s.meta))
     for i, (o, ln) in enumerate(table):
         struct.pack_into("<QQ", head, len(MAGIC) + 12 + 16 * i, o, ln)
-    reused = size >= RECYCLE_MIN and _take_free(directory, size, tmp)
+    reused = size >= RECYCLE_MIN and take_free(directory, size, tmp)
     fd = os.open(tmp, os.O_CREAT | os.O_RDWR | (0 if reused else os.O_TRUNC), 0o600)
     try:
         if reused:
@@ -146,10 +146,10 @@ def write(directory: str, name: str, s: Serialized) -> tuple[str, int]:
             os.ftruncate(fd, size)
             # write(2), not a mapping: on tmpfs it runs at memcpy-into-fresh-memory speed,
             # more than twice as fast as page-faulting a new mapping
-            _pwrite_all(fd, head, 0)
-            _pwrite_all(fd, s.meta, header)
+            pwrite_all(fd, head, 0)
+            pwrite_all(fd, s.meta, header)
             for (o, _), b in zip(table, s.buffers, strict=True):
-                _parallel(lambda a, z, o=o, b=memoryview(b).cast("B"): _pwrite_all(
+                _parallel(lambda a, z, o=o, b=memoryview(b).cast("B"): pwrite_all(
                     fd, b[a:z], o + a), memoryview(b).nbytes)
     finally:
         os.close(fd)
@@ -238,7 +238,8 @@ def _copy_into(m: mmap.mmap, offset: int, src: memoryview) -> None:
     _parallel(lambda a, z: np.copyto(dst[a:z], s[a:z]), n)
 
 
-def _pwrite_all(fd: int, data, offset: int) -> None:
+def pwrite_all(fd: int, data, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (pwrite may write less than asked)."""
     view = memoryview(data)
     while view.nbytes:
         n = os.pwrite(fd, view[: 1 << 30], offset)
@@ -345,7 +346,7 @@ def _pool(free: str) -> list[tuple[int, str]]:
     return out
 
 
-def _take_free(directory: str, size: int, dest: str) -> bool:
+def take_free(directory: str, size: int, dest: str) -> bool:
     """Move a pooled file of about ``size`` bytes (size to 1.5x) to ``dest``."""
     fits = [c for c in _pool(os.path.join(directory, FREE_DIR))
             if size <= c[0] <= size + size // 2]
@@ -427,6 +428,31 @@ def usage(directory: str) -> tuple[int, int]:
 
 def spill_root(session: str) -> str:
     return os.path.join(tempfile.gettempdir(), f"raylite_spill_{session}")
+
+
+def stored_objects(session: str) -> list[dict]:
+    """Every object file in the stores (and spill directories) of this host's nodes of
+    ``session``: ``object_id``, ``size``, ``node_id``, ``location`` (SHARED_MEMORY or
+    SPILLED)."""
+    out = []
+    for root, where in ((session_dir(session), "SHARED_MEMORY"), (spill_root(session), "SPILLED")):
+        try:
+            node_dirs = list(os.scandir(root))
+        except FileNotFoundError:
+            continue
+        for nd in node_dirs:
+            if not nd.is_dir():
+                continue
+            for f in os.scandir(nd.path):
+                if f.name.endswith(".tmp") or f.name.startswith("."):
+                    continue
+                try:
+                    size = f.stat().st_size
+                except FileNotFoundError:
+                    continue
+                out.append({"object_id": f.name, "size": size, "node_id": nd.name,
+                            "location": where})
+    return out
 
 
 def spill_path(path: str) -> str:

@@ -108,7 +108,7 @@ class Transfers:
             pull.size = body["size"]
             # a pooled file's pages exist already: writing them is about twice as fast
             reused = pull.size >= store.RECYCLE_MIN and \
-                store._take_free(self.agent.store_dir, pull.size, pull.tmp)
+                store.take_free(self.agent.store_dir, pull.size, pull.tmp)
             pull.fd = os.open(pull.tmp, os.O_CREAT | os.O_WRONLY | (0 if reused else os.O_TRUNC),
                               0o600)
             os.ftruncate(pull.fd, pull.size)
@@ -116,7 +116,7 @@ class Transfers:
                     (pull.next_offset - body["offset"]) // CHUNK < WINDOW:
                 self._request(pull)
         data = bufs[0] if bufs else b""
-        store._pwrite_all(pull.fd, data, body["offset"])
+        store.pwrite_all(pull.fd, data, body["offset"])
         pull.received += len(data)
         if pull.received >= pull.size:
             os.close(pull.fd)

@@ -8,6 +8,7 @@ import raylite
 from raylite.serve import context
 from raylite.serve._private import client
 from raylite.serve.config import HTTPOptions
+from raylite.serve.context import CONTROLLER_NAME, SERVE_NAMESPACE
 from raylite.serve.deployment import Application
 from raylite.serve.exceptions import RayServeException
 from raylite.serve.handle import DeploymentHandle
@@ -23,8 +24,22 @@ def start(http_options: HTTPOptions | dict | None = None, **_ignored) -> None:
     machine (``proxy_location`` is accepted and ignored); the REST API shares its port.
     """
     opts = HTTPOptions.coerce(http_options)
-    ctrl = client.get_controller(create=True)
+    ctrl = client.get_controller(start=start_controller)
     raylite.get(ctrl.start_proxy.remote(opts.to_dict()))
+
+
+def start_controller():
+    """Create Serve's controller (a detached named actor; an existing one is returned),
+    handing it its collaborators: the replica and proxy actors, the config builder."""
+    from raylite.serve._private.build import build_from_config
+    from raylite.serve._private.controller import ServeController
+    from raylite.serve._private.proxy import ProxyActor
+    from raylite.serve._private.replica import ReplicaActor
+
+    return raylite.remote(ServeController).options(
+        name=CONTROLLER_NAME, namespace=SERVE_NAMESPACE, lifetime="detached", num_cpus=0,
+        max_concurrency=10000, get_if_exists=True).remote(ReplicaActor, ProxyActor,
+                                                          build_from_config)
 
 
 def run(target: Application, *, name: str = "default", route_prefix: str | None = "/",

@@ -25,7 +25,7 @@ __all__ = ["PlacementGroup", "placement_group", "remove_placement_group",
 
 
 def _core():
-    from raylite.core.runtime_api import require_core
+    from raylite.core.lifecycle import require_core
 
     return require_core()
 

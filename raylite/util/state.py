@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import queue
 import threading
 import time
 
-from raylite.core import protocol as P
-from raylite.core import store
-from raylite.core.runtime_api import require_core
+from raylite.core import runtime_api
+from raylite.core.lifecycle import require_core
 
 __all__ = ["StateList", "get_state", "current_session", "list_nodes", "list_workers",
            "list_actors", "list_tasks", "list_objects", "list_placement_groups",
@@ -39,9 +37,7 @@ def current_session():
     """An opaque token for this process's connection to a cluster: None before
     ``init()`` and after ``shutdown()``, a new one after each ``init()``. Background
     readers (the widgets) keep it and pass it as ``session=`` (a raylite extension)."""
-    from raylite.core import runtime
-
-    return runtime.core
+    return runtime_api.current()
 
 
 def get_state(*sections: str, limit: int | None = None, session=None,
@@ -50,13 +46,9 @@ def get_state(*sections: str, limit: int | None = None, session=None,
     demand, autoscaler; all when none is named) in one round trip: what the ``list_*``
     functions read. Given ``session`` (from :func:`current_session`) it never starts a
     cluster and gives up as soon as that session ends."""
-    body = {"sections": list(sections)}
-    if limit:
-        body["limit"] = limit
     if session is None:
-        return require_core().request_head(P.GET_STATE, body, timeout)
-    return session.request_head(P.GET_STATE, body, timeout,
-                                abort=lambda: current_session() is not session)
+        require_core()
+    return runtime_api.cluster_state(*sections, limit=limit, session=session, timeout=timeout)
 
 
 class StateList(list):
@@ -138,7 +130,7 @@ def list_actors(filters=None, limit: int | None = None, as_df: bool = False, det
 def list_tasks(filters=None, limit: int | None = None, as_df: bool = False, detail=False):
     """Tasks and actor calls (the most recent 20,000): name, state
     (PENDING_NODE_ASSIGNMENT / RUNNING / FINISHED / FAILED), node, worker, times."""
-    require_core().flush_task_events()  # a list right after a get sees its tasks end
+    runtime_api.flush_task_events(require_core())  # a list after a get sees its tasks end
     return _apply(get_state("tasks")["tasks"], filters, limit, "tasks", as_df)
 
 
@@ -153,27 +145,10 @@ def list_objects(filters=None, limit: int | None = None, as_df: bool = False, de
     """Objects: those this process owns or borrows (with local reference counts) and
     every object in the stores of this host's nodes."""
     core = require_core()
-    recs = core.owned_objects()
+    recs = runtime_api.owned_objects(core)
     seen = {r["object_id"] for r in recs}
-    sess = store.session_dir(core.session)
-    for root, where in ((sess, "SHARED_MEMORY"), (store.spill_root(core.session), "SPILLED")):
-        try:
-            node_dirs = list(os.scandir(root))
-        except FileNotFoundError:
-            continue
-        for nd in node_dirs:
-            if not nd.is_dir():
-                continue
-            for f in os.scandir(nd.path):
-                if f.name.endswith(".tmp") or f.name.startswith(".") or f.name in seen:
-                    continue
-                try:
-                    size = f.stat().st_size
-                except FileNotFoundError:
-                    continue
-                recs.append({"object_id": f.name, "size": size, "node_id": nd.name,
-                             "location": where, "owner": "another process",
-                             "ref_count": None, "escaped": None})
+    recs += [dict(r, owner="another process", ref_count=None, escaped=None)
+             for r in runtime_api.stored_objects(core) if r["object_id"] not in seen]
     return _apply(recs, filters, limit, "objects", as_df)
 
 
@@ -223,9 +198,7 @@ def timeline(filename: str | None = None):
 
 
 # ---------------------------------------------------------------- the event stream
-TOPICS = {"node": P.EV_NODE, "task": P.EV_TASK, "actor": P.EV_ACTOR,
-          "placement_group": P.EV_PG, "autoscaler": P.EV_AUTOSCALER, "pending": P.EV_PENDING,
-          "log": P.EV_LOG}
+TOPICS = runtime_api.EVENT_TOPICS
 
 
 class EventStream:
@@ -239,65 +212,35 @@ class EventStream:
     """
 
     def __init__(self, topics=None, callback=None, maxsize: int = 10000, session=None):
-        import zmq
-
-        from raylite.core.object_ref import new_id
-        from raylite.core.transport import Transport
-
         topics = list(topics or [t for t in TOPICS if t != "log"])
         bad = [t for t in topics if t not in TOPICS]
         if bad:
             raise ValueError(f"Unknown event topics {bad}; choose from {sorted(TOPICS)}")
         core = session or require_core()
-        self._core = core
         self.topics = topics
         self.callback = callback
         self.queue: queue.Queue = queue.Queue(maxsize)
         self.dropped = 0
         self._stop = threading.Event()
-        host, port = core.head_addr.rsplit(":", 1)
-        # A ZeroMQ context of its own: the core's is destroyed at shutdown, and closing a
-        # socket that this thread is polling (zmq_close is not thread-safe) can abort the
-        # process. The reading thread closes its socket and this context when it ends.
-        self._transport = Transport(core.transport.token, core.transport.bind_host)
-        self._sock = self._transport.connect(f"{host}:{int(port) + 1}", zmq.SUB)
-        for t in topics:
-            self._sock.setsockopt(zmq.SUBSCRIBE, TOPICS[t])
-        self._sock.setsockopt(zmq.SUBSCRIBE, P.EV_PING)
-        self._nonce = new_id()
-        self._synced = threading.Event()
+        self._sub = runtime_api.EventSubscription(topics, core)  # closed by the thread
         self._thread = threading.Thread(target=self._run, name="raylite-events", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10.0  # ZeroMQ's slow joiner: wait until we hear
-        while not self._synced.wait(0.02) and time.monotonic() < deadline:
-            core.send_head(P.PING_EVENTS, {"nonce": self._nonce})
+        while not self._sub.synced.wait(0.02) and time.monotonic() < deadline:
+            self._sub.ping()
 
     def _run(self) -> None:
-        import zmq
-
-        from raylite.core import runtime
-
-        names = {v: k for k, v in TOPICS.items()}
-        sock = self._sock
+        sub = self._sub
         while not self._stop.is_set():
-            if runtime.core is not self._core:  # raylite.shutdown(): the stream ends
+            if sub.ended():  # raylite.shutdown(): the stream ends
                 self._stop.set()
                 break
             try:
-                if not sock.poll(100):
-                    continue
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.ZMQError:
+                event = sub.recv(100)
+            except ConnectionError:
                 break
-            try:
-                mtype, body, _ = P.decode(frames, routed=False)
-            except Exception:
+            if event is None:
                 continue
-            if mtype == P.EV_PING:
-                if body.get("nonce") == self._nonce:
-                    self._synced.set()
-                continue
-            event = (names.get(mtype, mtype.decode()), body)
             if self.callback is not None:
                 try:
                     self.callback(*event)
@@ -310,8 +253,7 @@ class EventStream:
                     self.queue.put_nowait(event)
                 except queue.Full:
                     self.dropped += 1
-        sock.close(linger=0)
-        self._transport.close(linger_ms=0)
+        sub.close()
 
     def get(self, timeout: float | None = None):
         """The next ``(topic, body)``; raises ``queue.Empty`` after ``timeout``."""

@@ -30,11 +30,11 @@ def _reset_if_new_cluster() -> None:
         _edges.clear()
 
 
-def get_controller(create: bool = False):
-    """The controller's handle; None (or a new controller when ``create``) if Serve is
-    not running."""
+def get_controller(start=None):
+    """The controller's handle; None if Serve is not running, unless ``start`` is given:
+    then ``start()`` makes the controller (``serve.api.start_controller``)."""
     if not raylite.is_initialized():
-        if not create:
+        if start is None:
             return None
         raylite.init()
     with _lock:
@@ -44,13 +44,9 @@ def get_controller(create: bool = False):
         try:
             ctrl = raylite.get_actor(CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
         except Exception:
-            if not create:
+            if start is None:
                 return None
-            from raylite.serve._private.controller import ServeController
-
-            ctrl = raylite.remote(ServeController).options(
-                name=CONTROLLER_NAME, namespace=SERVE_NAMESPACE, lifetime="detached",
-                num_cpus=0, max_concurrency=10000, get_if_exists=True).remote()
+            ctrl = start()
         _state["controller"] = ctrl
         return ctrl
 

@@ -5,6 +5,11 @@ autoscaling decisions, reconciling replicas to their targets, health checks), st
 HTTP proxy, publishes replica sets and routes by long poll, collects load metrics
 (ongoing requests from replicas, queued requests from handles), and answers status and
 REST queries. Replicas and the proxy are actors it owns, so they die with it.
+
+It is given its collaborators (the replica and proxy actor classes, the function that
+builds an application from a declarative config) when it is created
+(``serve.api.start_controller``) rather than importing them: they import the client
+side of Serve, which starts this controller.
 """
 
 from __future__ import annotations
@@ -45,10 +50,10 @@ class AppState:
 
 
 class ServeController:
-    def __init__(self):
-        from raylite.serve._private.replica import ReplicaActor
-
-        self.replica_cls = raylite.remote(ReplicaActor)
+    def __init__(self, replica_cls: type, proxy_cls: type, build_from_config):
+        self.replica_cls = raylite.remote(replica_cls)
+        self.proxy_cls = raylite.remote(proxy_cls)
+        self.build_from_config = build_from_config  # config -> app spec (run as a task)
         self.self_handle = None
         self.long_poll = LongPollHost()
         self.apps: dict[str, AppState] = {}
@@ -113,9 +118,7 @@ class ServeController:
             if self.proxy_info is not None:
                 return self.proxy_info
             self._find_self()
-            from raylite.serve._private.proxy import ProxyActor
-
-            proxy = raylite.remote(ProxyActor).options(num_cpus=0).remote(
+            proxy = self.proxy_cls.options(num_cpus=0).remote(
                 self.self_handle, http_options)
             try:
                 self.proxy_info = await proxy.ready.remote()
@@ -201,15 +204,13 @@ class ServeController:
 
     async def deploy_config(self, config) -> tuple[int, str]:
         """``PUT /api/serve/applications/``: (status code, message)."""
-        from raylite.serve._private.build import build_from_config
-
         if not isinstance(config, dict) or not isinstance(config.get("applications"), list):
             return 400, 'The config must be JSON {"applications": [...]}.'
         names = [a.get("name", "default") if isinstance(a, dict) else None
                  for a in config["applications"]]
         if len(set(names)) != len(names):
             return 400, f"Application names must be unique, got {names}"
-        build = raylite.remote(num_cpus=0, max_retries=0)(build_from_config)
+        build = raylite.remote(num_cpus=0, max_retries=0)(self.build_from_config)
         specs = []
         for app_config in config["applications"]:
             try:

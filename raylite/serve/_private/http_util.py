@@ -19,6 +19,18 @@ TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 JSON = [(b"content-type", b"application/json")]
 
 
+async def read_body(receive) -> bytes | None:
+    """The whole body of an ASGI request (None when the client went away first)."""
+    parts = []
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return None
+        parts.append(msg.get("body", b""))
+        if not msg.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def make_request(scope: dict, body: bytes):
     """A starlette Request over the proxy's scope and the already-read body."""
     from starlette.requests import Request

@@ -18,7 +18,7 @@ import threading
 import time
 
 import raylite
-from raylite.serve._private import client, rest
+from raylite.serve._private import client, http_util, rest
 from raylite.serve._private.long_poll import LongPollClient
 from raylite.serve._private.router import get_router
 from raylite.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -44,7 +44,7 @@ class HTTPProxy:
     """The ASGI app uvicorn runs."""
 
     def __init__(self, controller, root_path: str = "", request_timeout_s=None):
-        self._controller = controller
+        self.controller = controller  # the Serve controller (rest.py asks it too)
         self._root_path = root_path.rstrip("/")
         self._timeout = request_timeout_s
         self._routes: list[tuple[str, str, str]] = []  # (prefix, app, ingress), longest first
@@ -81,7 +81,7 @@ class HTTPProxy:
                               f"{self.route_table()}")
             return
         prefix, app, dep = m
-        body = await _read_body(receive)
+        body = await http_util.read_body(receive)
         if body is None:
             return  # the client went away
         req_scope = {
@@ -105,7 +105,7 @@ class HTTPProxy:
             await send_simple(send, 503, str(e))
 
     async def _forward(self, app: str, dep: str, scope: dict, body: bytes, send) -> None:
-        router = get_router(self._controller, app, dep)
+        router = get_router(self.controller, app, dep)
 
         def call(actor):
             ref = actor.handle_http.remote(scope, body)
@@ -138,17 +138,6 @@ class HTTPProxy:
         except Exception as e:  # the body is half sent: end it, the client sees it cut
             log.warning("stream from %s/%s failed: %s", app, dep, e)
         await send({"type": "http.response.body", "body": b""})
-
-
-async def _read_body(receive) -> bytes | None:
-    parts = []
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            return None
-        parts.append(msg.get("body", b""))
-        if not msg.get("more_body", False):
-            return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class ProxyActor:

@@ -32,6 +32,8 @@ import re
 import socket
 from urllib.parse import urlsplit
 
+from raylite.serve._private import http_util
+
 _SCALE = re.compile(r"^/api/v1/applications/([^/]+)/deployments/([^/]+)/scale/?$")
 _APPS = ("/api/serve/applications/", "/api/serve/applications")
 
@@ -48,9 +50,7 @@ async def _respond(send, status: int, payload, headers=()) -> None:
 
 
 async def _json_body(receive):
-    from raylite.serve._private.proxy import _read_body
-
-    raw = await _read_body(receive)
+    raw = await http_util.read_body(receive)
     try:
         return json.loads(raw or b"null"), None
     except (ValueError, UnicodeDecodeError) as e:
@@ -115,7 +115,7 @@ def refusal(scope, token: str | None) -> tuple[int, str] | None:
 async def handle(proxy, path: str, scope, receive, send) -> bool:
     """Answer a REST request; False when ``path`` is not one of ours."""
     method = scope["method"]
-    ctrl = proxy._controller
+    ctrl = proxy.controller
     if path.startswith("/api/") and (path in _APPS or _SCALE.match(path)):
         refused = refusal(scope, proxy.token)
         if refused is not None:
