@@ -71,7 +71,18 @@ def test_iter_batches_rebatch_drop_last_and_shuffle(shared_cluster):
         batch_size=10, local_shuffle_buffer_size=50, local_shuffle_seed=0)])
     assert sorted(shuffled) == list(range(103)) and list(shuffled) != list(range(103))
     df = next(iter(ds.iter_batches(batch_size=5, batch_format="pandas")))
-    assert list(df["id"]) == [0, 1, 2, 3, 4]
+    # blocks come in the order they finish (preserve_order=False, as Ray's default): the
+    # first batch is 5 consecutive rows of some block
+    first = int(df["id"].iloc[0])
+    assert list(df.columns) == ["id"] and list(df["id"]) == list(range(first, first + 5))
+    ordered = data.DataContext.get_current()
+    ordered.execution_options.preserve_order = True
+    try:  # a dataset keeps the context it was made with
+        in_order = data.range(103, override_num_blocks=4)
+        df = next(iter(in_order.iter_batches(batch_size=5, batch_format="pandas")))
+        assert list(df["id"]) == [0, 1, 2, 3, 4]
+    finally:
+        ordered.execution_options.preserve_order = False
 
 
 def test_iter_torch_batches(shared_cluster):
