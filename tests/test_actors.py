@@ -15,10 +15,11 @@ import time
 
 import psutil
 import pytest
+from fixtures import Signal
 
 import raylite as ray
 from raylite import exceptions as rexc
-from raylite.testing import SignalActor, wait_for_condition
+from raylite.testing import wait_for_condition
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -44,9 +45,6 @@ class Counter:
 
     def fail(self, msg):
         raise ValueError(msg)
-
-
-Signal = ray.remote(num_cpus=0)(SignalActor)
 
 
 # ---------------------------------------------------------------- death and restarts

@@ -9,13 +9,11 @@ import threading
 
 import numpy as np
 import pytest
+from fixtures import Signal
 
 import raylite as ray
-from raylite.testing import SignalActor
 
 pytestmark = pytest.mark.timeout(30)
-
-Signal = ray.remote(num_cpus=0)(SignalActor)
 
 
 @ray.remote(num_cpus=0)

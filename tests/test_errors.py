@@ -18,12 +18,11 @@ import time
 
 import psutil
 import pytest
+from fixtures import Attempts, Signal, blocked
 
 import raylite as ray
 from raylite import exceptions as rexc
 from raylite.testing import (
-    CounterActor,
-    SignalActor,
     blocked_in_get,
     raylite_processes,
     shm_leftovers,
@@ -31,12 +30,6 @@ from raylite.testing import (
 )
 
 pytestmark = pytest.mark.timeout(30)
-
-
-Attempts = ray.remote(num_cpus=0)(CounterActor)
-
-
-Signal = ray.remote(num_cpus=0)(SignalActor)
 
 
 # ---------------------------------------------------------------- init / shutdown
@@ -382,12 +375,7 @@ def test_cancel_finished_task_is_noop(cluster):
 def test_keyboard_interrupt_in_get_leaves_cluster_usable(cluster):
     sig = Signal.remote()
 
-    @ray.remote
-    def blocked(sig):
-        ray.get(sig.wait.remote())
-        return "released"
-
-    ref = blocked.remote(sig)
+    ref = blocked.remote(sig, "released")
 
     def interrupt_the_blocked_get():
         wait_for_condition(blocked_in_get, timeout=10)

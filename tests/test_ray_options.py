@@ -14,14 +14,13 @@ import threading
 import numpy as np
 import psutil
 import pytest
+from fixtures import Signal
 
 import raylite as ray
 from raylite import exceptions as rexc
-from raylite.testing import SignalActor, wait_for_condition
+from raylite.testing import wait_for_condition
 
 pytestmark = pytest.mark.timeout(60)
-
-Signal = ray.remote(num_cpus=0)(SignalActor)
 
 
 # ---------------------------------------------------------------- mistyped keywords

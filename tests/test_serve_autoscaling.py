@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from fixtures import Signal
 
-import raylite
 from raylite import serve
-from raylite.testing import SignalActor, wait_for_condition
 from raylite.testing import serve_auth_headers as AUTH
+from raylite.testing import wait_for_condition
 
 pytestmark = pytest.mark.timeout(60)
 
-Signal = raylite.remote(num_cpus=0)(SignalActor)
 NO_CPU = {"num_cpus": 0}
 
 FAST = {"target_ongoing_requests": 1, "upscale_delay_s": 0.2, "downscale_delay_s": 0.5,

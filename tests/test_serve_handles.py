@@ -8,15 +8,15 @@ import asyncio
 import os
 
 import pytest
+from fixtures import Signal
 
 import raylite
 from raylite import serve
 from raylite.serve.exceptions import RayServeException, RequestCancelledError
-from raylite.testing import SignalActor, wait_for_condition
+from raylite.testing import wait_for_condition
 
 pytestmark = pytest.mark.timeout(60)
 
-Signal = raylite.remote(num_cpus=0)(SignalActor)
 NO_CPU = {"num_cpus": 0}
 
 
@@ -237,7 +237,7 @@ def test_failed_health_check_replaces_the_replica(serve_url):
 
 
 def test_graceful_shutdown_lets_requests_finish(serve_url):
-    started = raylite.remote(num_cpus=0)(SignalActor).remote()
+    started = Signal.remote()
 
     @serve.deployment(ray_actor_options=NO_CPU, graceful_shutdown_timeout_s=10)
     class Slow:

@@ -15,15 +15,13 @@ import time
 
 import numpy as np
 import pytest
+from fixtures import Signal, blocked
 
 import raylite as ray
 from raylite import exceptions as rexc
-from raylite.testing import CounterActor, SignalActor, wait_for_condition
+from raylite.testing import CounterActor, wait_for_condition
 
 pytestmark = pytest.mark.timeout(30)
-
-
-Signal = ray.remote(num_cpus=0)(SignalActor)
 
 
 Counter = ray.remote(num_cpus=0)(CounterActor)
@@ -385,12 +383,7 @@ def test_get_bad_input_type_error(shared_cluster, bad):
 def test_get_timeout_raises_get_timeout_error(shared_cluster):
     sig = Signal.remote()
 
-    @ray.remote
-    def blocked(sig):
-        ray.get(sig.wait.remote())
-        return "done"
-
-    ref = blocked.remote(sig)
+    ref = blocked.remote(sig, "done")
     start = time.monotonic()
     with pytest.raises(rexc.GetTimeoutError):
         ray.get(ref, timeout=0.3)
@@ -404,13 +397,8 @@ def test_get_timeout_raises_get_timeout_error(shared_cluster):
 def test_wait_num_returns_and_order(shared_cluster):
     sig = Signal.remote()
 
-    @ray.remote
-    def blocked(sig):
-        ray.get(sig.wait.remote())
-        return 1
-
     done = [ray.put(i) for i in range(3)]
-    slow = blocked.remote(sig)
+    slow = blocked.remote(sig, 1)
     refs = [done[0], slow, done[1], done[2]]
 
     ready, not_ready = ray.wait(refs)
@@ -437,10 +425,6 @@ def test_wait_num_returns_and_order(shared_cluster):
 
 def test_wait_returns_as_soon_as_enough_are_ready(shared_cluster):
     sig = Signal.remote()
-
-    @ray.remote
-    def blocked(sig):
-        ray.get(sig.wait.remote())
 
     slow = blocked.remote(sig)
     fast = double.remote(1)
@@ -677,12 +661,7 @@ def test_nested_refs_are_passed_as_refs(shared_cluster):
 def test_dependent_task_waits_for_its_argument(shared_cluster):
     sig = Signal.remote()
 
-    @ray.remote
-    def blocked(sig):
-        ray.get(sig.wait.remote())
-        return 10
-
-    first = blocked.remote(sig)
+    first = blocked.remote(sig, 10)
     second = double.remote(first)
     ready, _ = ray.wait([second], timeout=0.3)
     assert ready == []
