@@ -14,7 +14,8 @@ class EngineConfig:
     ``kv_cache_memory_mb`` instead of vLLM's ``gpu_memory_utilization``.
     ``attention_backend``: "sparse" (read blocks in place) or "gather" (copy them).
     ``tp_worker_num_cpus``/``tp_worker_num_gpus``: each tensor-parallel worker's
-    resources (the GPU share is set from the placement group by Serve LLM)."""
+    resources (the GPU share is set from the placement group by Serve LLM).
+    ``num_threads``: torch's intra-op threads in this process (None: torch's default)."""
 
     block_size: int = 16
     num_kv_blocks: int | None = None
@@ -31,6 +32,7 @@ class EngineConfig:
     tp_worker_num_cpus: float = 1.0
     tp_worker_num_gpus: float | None = None
     seed: int = 0
+    num_threads: int | None = None
 
     @classmethod
     def from_kwargs(cls, kwargs: dict | None) -> EngineConfig:

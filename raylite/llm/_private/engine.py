@@ -65,6 +65,8 @@ class LLMEngine:
                  **engine_kwargs):
         cfg = config or EngineConfig.from_kwargs(engine_kwargs)
         self.config = cfg
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
         device = pick_device(cfg.device)
         if isinstance(model, str):
             self.model_source = model
