@@ -12,7 +12,9 @@ class EngineConfig:
     ``enable_prefix_caching``, ``enable_chunked_prefill``, ``tensor_parallel_size``,
     ``dtype``, ``seed``); the KV cache is sized by ``num_kv_blocks`` or
     ``kv_cache_memory_mb`` instead of vLLM's ``gpu_memory_utilization``.
-    ``attention_backend``: "sparse" (read blocks in place) or "gather" (copy them).
+    ``attention_backend``: "sparse" (read blocks in place), "gather" (copy them) or
+    "auto": sparse on the CPU, gather on CUDA (measured on an H200 at 32 streams: gather
+    3,789 tokens/s, sparse 2,529 — cuSPARSE's kernels cost more than HBM copies).
     ``tp_worker_num_cpus``/``tp_worker_num_gpus``: each tensor-parallel worker's
     resources (the GPU share is set from the placement group by Serve LLM).
     ``num_threads``: torch's intra-op threads in this process (None: torch's default)."""
@@ -27,7 +29,7 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     device: str = "auto"
     dtype: str = "auto"
-    attention_backend: str = "sparse"
+    attention_backend: str = "auto"
     tensor_parallel_size: int = 1
     tp_worker_num_cpus: float = 1.0
     tp_worker_num_gpus: float | None = None
@@ -45,6 +47,6 @@ class EngineConfig:
         if cfg.block_size < 1 or cfg.max_num_seqs < 1 or cfg.max_num_batched_tokens < 1:
             raise ValueError("block_size, max_num_seqs and max_num_batched_tokens must be "
                              ">= 1")
-        if cfg.attention_backend not in ("sparse", "gather"):
-            raise ValueError("attention_backend must be 'sparse' or 'gather'")
+        if cfg.attention_backend not in ("auto", "sparse", "gather"):
+            raise ValueError("attention_backend must be 'auto', 'sparse' or 'gather'")
         return cfg

@@ -90,6 +90,8 @@ class LLMEngine:
             tokenizer = load_tokenizer(tok_source) if tok_source else ByteTokenizer()
         self.tokenizer = tokenizer
         m = self.model
+        if cfg.attention_backend == "auto":
+            cfg.attention_backend = "sparse" if m.device.type == "cpu" else "gather"
         self.max_model_len = m.max_model_len
         elem = torch.empty((), dtype=m.dtype).element_size()
         per_block = 2 * m.num_layers * cfg.block_size * m.num_kv_heads * m.head_dim * elem
