@@ -72,7 +72,12 @@ def pick_lease(leases, pipeline: bool, now: float):
 
 def backlog(queued: int, leases) -> int:
     """Tasks waiting for a worker: queued, or pipelined behind another task."""
-    return queued + sum(len(lease.inflight) - 1 for lease in leases if lease.inflight)
+    n = queued
+    for lease in leases:
+        k = len(lease.inflight)
+        if k > 1:
+            n += k - 1
+    return n
 
 
 def lease_requests_wanted(waiting: int) -> int:

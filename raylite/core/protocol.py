@@ -98,9 +98,8 @@ TASK_RECORD_FIELDS = ("task_id", "name", "job_id", "actor_id", "submitted", "sen
 def task_record(task_id: bytes, name=None, job_id=None, actor_id=None,
                 submitted=None) -> list:
     """A new task record (see TASK_RECORD_FIELDS)."""
-    rec = [None] * len(TASK_RECORD_FIELDS)
-    rec[:5] = task_id, name, job_id, actor_id, submitted
-    return rec
+    return [task_id, name, job_id, actor_id, submitted, None, None, None, None, None, None,
+            None]
 
 
 # --- validation ------------------------------------------------------------------------

@@ -71,8 +71,8 @@ def encode_args(core, args: tuple, kwargs: dict, hold: list | None = None):
 def build_task(core, name: str, args, kwargs, nret, retries: int, fields: dict, *,
                actor_id: bytes | None = None) -> Task:
     """A new task (or actor call, with ``actor_id``) with its message body: ``fields``
-    are the body fields of its kind (``fn_id``/``name``/``job_id``/``resources`` for a
-    task, ``method`` for an actor call)."""
+    (a dict the body is made of, in place) are the body fields of its kind
+    (``fn_id``/``name``/``job_id``/``resources`` for a task, ``method`` for a call)."""
     t = Task()
     t.nested = []
     args_desc, t.deps = encode_args(core, args, kwargs, t.nested)
@@ -82,6 +82,7 @@ def build_task(core, name: str, args, kwargs, nret, retries: int, fields: dict, 
     t.retries = retries
     t.stream = nret == "streaming"
     t.nret = 1 if t.stream else nret
-    t.body = {"task_id": tid, **fields, "args": args_desc, "nret": t.nret,
-              "stream": t.stream, "owner": core.addr}
+    fields["task_id"], fields["args"], fields["nret"] = tid, args_desc, t.nret
+    fields["stream"], fields["owner"] = t.stream, core.addr
+    t.body = fields
     return t

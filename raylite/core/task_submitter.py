@@ -84,15 +84,16 @@ class TaskSubmitterPart:
         flight for the rest (and withdraw them when nothing waits)."""
         q = self._queues[key]
         leases = self._leases[key]
-        pipeline = policy.may_pipeline(
-            self._task_time.get(key, policy.UNKNOWN_TASK_S), key in self._spread_keys,
-            self._lease_opts[key][1].get("max_calls"))
-        now = time.monotonic()
-        while q:
-            best = policy.pick_lease(leases, pipeline, now)
-            if best is None:
-                break
-            self._send_task(best, q.popleft(), now)
+        if q:
+            pipeline = policy.may_pipeline(
+                self._task_time.get(key, policy.UNKNOWN_TASK_S), key in self._spread_keys,
+                self._lease_opts[key][1].get("max_calls"))
+            now = time.monotonic()
+            while q:
+                best = policy.pick_lease(leases, pipeline, now)
+                if best is None:
+                    break
+                self._send_task(best, q.popleft(), now)
         backlog = policy.backlog(len(q), leases)
         reqs = self._lease_reqs[key]
         if backlog:
