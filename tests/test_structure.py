@@ -216,6 +216,20 @@ def test_nothing_outside_the_core_uses_its_private_names():
     assert not bad, "\n".join(bad)
 
 
+LIBRARIES = ("raylite.serve", "raylite.widgets", "raylite.train", "raylite.data",
+             "raylite.llm", "raylite.models")
+CORE_INTERFACE = ("raylite.core.runtime_api",)
+
+
+def test_libraries_use_only_the_public_api_of_the_core():
+    """Serve, widgets, Train, Data, LLM: ``raylite``, ``raylite.util``,
+    ``raylite.exceptions`` and the runtime interface; no other core module."""
+    bad = [f"{m} imports {t}" for m, targets in sorted(import_graph().items())
+           if _in(m, LIBRARIES)
+           for t in sorted(targets) if _in(t, ("raylite.core",)) and t not in CORE_INTERFACE]
+    assert not bad, "\n".join(bad)
+
+
 def test_no_module_over_600_lines():
     long = {m: n for m, p in MODULES.items()
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
