@@ -196,9 +196,13 @@ def test_redeploying_new_code_replaces_replicas(serve_url):
 
     h = serve.run(V1.bind(), name="ver", route_prefix=None)
     _, pid1 = h.remote().result()
-    serve.run(V2.bind(), name="ver", route_prefix=None)
-    version, pid2 = h.remote().result()
+    h2 = serve.run(V2.bind(), name="ver", route_prefix=None)
+    # serve.run returns once no replica of the old code serves: a handle made now sees v2
+    version, pid2 = h2.remote().result()
     assert version == "v2" and pid2 != pid1
+    # an older handle hears of the new replica set by long poll (as in Ray): soon, not
+    # necessarily at once
+    wait_for_condition(lambda: h.remote().result()[0] == "v2", timeout=10)
     wait_for_condition(lambda: serve.status().applications["ver"].deployments["V"]
                        .replica_states == {"RUNNING": 1})
     serve.delete("ver")

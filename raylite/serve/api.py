@@ -76,8 +76,8 @@ def _wait_for_app(ctrl, name: str, timeout_s: float | None) -> None:
         info = raylite.get(ctrl.get_app_info.remote(name))
         if info is None:
             raise RayServeException(f"Application {name!r} was deleted while deploying")
-        if info["status"] == "RUNNING":
-            return
+        if info["status"] == "RUNNING" and info.get("settled", True):
+            return  # (a redeploy: once no replica of the old code is left serving)
         if info["status"] == "DEPLOY_FAILED":
             raise RuntimeError(f"Application {name!r} failed to deploy:\n{info['message']}")
         if deadline is not None and time.monotonic() > deadline:

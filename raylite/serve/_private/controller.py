@@ -292,8 +292,12 @@ class ServeController:
         app = self.apps.get(name)
         if app is None or app.deleting:
             return None
+        # settled: no live replica of an older version is left, so routers that ask for
+        # the replica sets now get only the new code
+        settled = all(r.version == d.version for d in app.deployments.values()
+                      for r in d.live())
         return {"ingress": app.ingress, "status": status_mod.app_status(app),
-                "message": status_mod.app_message(app)}
+                "message": status_mod.app_message(app), "settled": settled}
 
     def list_apps(self) -> list[str]:
         return [a.name for a in self.apps.values() if not a.deleting]
