@@ -110,7 +110,13 @@ def cmd_start(args) -> int:
         cluster.start_head(args.port, wait_ready=True)
         cluster.add_node(**_node_args(args))
         address = cluster.address
-        query_head(address, P.CLUSTER_INFO, token=token, timeout=20, bind_host=host)
+        try:
+            query_head(address, P.CLUSTER_INFO, token=token, timeout=20, bind_host=host)
+        except BaseException:
+            # a head nobody can reach is stopped at once, with its store: recorded
+            # nowhere, `raylite stop` could not find it (its /dev/shm dir was left)
+            cluster.stop()
+            raise
         write_private(CLUSTER_FILE, {"address": address, "token": token,
                                      "session": cluster.session})
         _record_pid(cluster.head.pid, "head", cluster.session)
