@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from raylite.core import lease_policy as policy
+from raylite.core.head_leases import LeasesPart
+from raylite.core.head_state import StatePart
 from raylite.core.lease_policy import Lease
 from raylite.core.task_spec import Task
 
@@ -77,3 +79,28 @@ def test_idle_leases_go_back_and_slow_ones_are_stolen_from():
 def test_moving_average():
     assert policy.moving_average(None, 0.5) == 0.5
     assert policy.moving_average(1.0, 0.0) == pytest.approx(0.8)
+
+
+class _Demand(LeasesPart, StatePart):
+    """The head's lease and state parts alone: pending requests and owners' backlogs."""
+
+    def __init__(self):
+        self.pending, self.backlogs = [], {}
+
+
+def test_a_placed_request_is_not_counted_again_in_its_owners_backlog():
+    head = _Demand()
+    base = {"reply_to": "tcp://127.0.0.1:1", "owner": "tcp://127.0.0.1:1",
+            "demand": {"CPU": 1}}
+    head.on_request_lease(dict(base, req_id="r1", backlog=1, outstanding=[]))
+    head.on_request_lease(dict(base, req_id="r2", backlog=2, outstanding=["r1"]))
+    assert sum(d["count"] for d in head.demand_requests()) == 2
+    head.pending = [r for r in head.pending if r.req_id != "r1"]  # r1 placed on a node
+    # the owner counted its queue before r1's grant came: both tasks still queued there
+    head.on_lease_backlog({"req_id": "r1", "backlog": 2, "outstanding": ["r1", "r2"]})
+    assert sum(d["count"] for d in head.demand_requests()) == 1
+    # a longer queue is still seen as the demand it is
+    head.on_lease_backlog({"req_id": "r2", "backlog": 5, "outstanding": ["r2"]})
+    assert sum(d["count"] for d in head.demand_requests()) == 5
+    head.pending = []
+    assert head.demand_requests() == [] and head.backlogs == {}

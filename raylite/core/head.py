@@ -66,6 +66,7 @@ class Head(NodesPart, LeasesPart, ActorsPart, PlacementGroupsPart, StatePart):
         self.nodes: dict[str, Node] = {}
         self.workers: dict[str, Worker] = {}
         self.pending: list[Request] = []
+        self.backlogs: dict[tuple, int] = {}  # demand group -> tasks its owner has queued
         self.actors: dict[bytes, Actor] = {}
         self.named: dict[tuple, bytes] = {}
         self.pgs: dict[str, PlacementGroup] = {}

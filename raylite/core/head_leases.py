@@ -20,13 +20,27 @@ class LeasesPart:
     """Lease handlers and the scheduler loop of the Head (``self`` is the Head)."""
 
     def on_request_lease(self, body: dict) -> None:
-        self.pending.append(Request(body))
+        req = Request(body)
+        self.pending.append(req)
+        self.set_backlog(req.demand_group(), body.get("backlog") or 0,
+                         body.get("outstanding") or ())
 
     def on_lease_backlog(self, body: dict) -> None:
-        for r in self.pending:
-            if r.req_id == body["req_id"]:
-                r.body["backlog"] = body["backlog"]
-                return
+        ids = {body["req_id"], *(body.get("outstanding") or ())}
+        req = next((r for r in self.pending if r.req_id in ids), None)
+        if req is not None:
+            self.set_backlog(req.demand_group(), body["backlog"], ids)
+
+    def set_backlog(self, group: tuple, queued: int, outstanding) -> None:
+        """Record how many tasks an owner has queued behind a group of its lease
+        requests. ``outstanding`` are the owner's requests still unanswered when it
+        counted: each one already placed here takes a task off that queue when its grant
+        arrives, so it is not counted again (else the autoscaler sees it twice and
+        launches a node too many)."""
+        if outstanding:
+            waiting = {r.req_id for r in self.pending}
+            queued -= sum(1 for rid in outstanding if rid not in waiting)
+        self.backlogs[group] = max(0, queued)
 
     def on_cancel_lease(self, body: dict) -> None:
         rid = body["req_id"]
@@ -71,6 +85,7 @@ class LeasesPart:
         views = {nid: n.view() for nid, n in self.nodes.items()}
         keep = []
         failed: set = set()
+        backlogs = self.backlogs
         for req in self.pending:
             if req.pg is not None:
                 if not self.schedule_in_pg(req):
@@ -88,10 +103,16 @@ class LeasesPart:
                 failed.add(shape)
                 keep.append(req)
                 continue
+            if backlogs:  # the placed request takes one task off its owner's queue
+                group = req.demand_group()
+                if backlogs.get(group):
+                    backlogs[group] -= 1
             if req.strategy == "SPREAD":
                 ids = sorted(n.node_id for n in views.values())
                 self.spread_counter = ids.index(node_id) + 1
         self.pending = keep
+        if not keep:
+            backlogs.clear()
 
     def schedule_in_pg(self, req: Request) -> bool:
         """Place a request inside its placement group; False while it must wait."""

@@ -53,13 +53,12 @@ class StatePart:
         for r in self.pending:
             if r.pg is not None:
                 continue
-            key = (r.owner, tuple(sorted(r.demand.items())), str(r.strategy),
-                   str(r.body.get("label_selector")), r.actor is not None)
-            groups.setdefault(key, []).append(r)
+            groups.setdefault(r.demand_group(), []).append(r)
+        for stale in self.backlogs.keys() - groups.keys():
+            del self.backlogs[stale]
         out = []
-        for reqs in groups.values():
-            backlog = max(int(r.body.get("backlog") or 0) for r in reqs)
-            count = max(len(reqs), backlog)
+        for group, reqs in groups.items():
+            count = max(len(reqs), self.backlogs.get(group, 0))
             for i, r in enumerate(reqs):
                 d = r.describe()
                 d["count"] = count - (len(reqs) - 1) if i == 0 else 1

@@ -121,6 +121,11 @@ class Request:
         s = self.strategy
         return s[1:] if isinstance(s, tuple) and s[0] == "pg" else None
 
+    def demand_group(self) -> tuple:
+        """The requests one owner makes for one queue of tasks (or actors) of a shape."""
+        return (self.owner, tuple(sorted(self.demand.items())), str(self.strategy),
+                str(self.body.get("label_selector")), self.actor is not None)
+
     def describe(self) -> dict:
         return {"kind": "actor" if self.actor else "task", "demand": dict(self.demand),
                 "label_selector": self.body.get("label_selector"),

@@ -21,7 +21,7 @@ REGISTER_WORKER = b"register_worker"    # worker: worker_id, node_id, addr, core
 WORKER_EXITED = b"worker_exited"        # agent: worker_id, code
 REQUEST_LEASE = b"request_lease"        # owner: req_id, reply_to, demand, strategy, selector, env
 CANCEL_LEASE = b"cancel_lease"          # owner: req_id
-LEASE_BACKLOG = b"lease_backlog"        # owner: req_id, backlog (tasks queued behind it)
+LEASE_BACKLOG = b"lease_backlog"        # owner: req_id, backlog (tasks queued), outstanding
 RETURN_LEASE = b"return_lease"          # owner: worker_id
 WORKER_BLOCKED = b"worker_blocked"      # worker: worker_id, blocked (bool)
 CREATE_ACTOR = b"create_actor"          # owner: actor spec
@@ -150,9 +150,9 @@ SCHEMA: dict[bytes, dict] = {
     WORKER_EXITED: {"node_id": str, "pid": int, "?env_key": str, "?reason": str},
     REQUEST_LEASE: {"reply_to": _addr, "demand": _resources, "?env_vars": dict,
                     "?env_key": str, "?owner": _addr, "?strategy": (str, list, tuple),
-                    "?label_selector": dict, "?backlog": int},
+                    "?label_selector": dict, "?backlog": int, "?outstanding": list},
     CANCEL_LEASE: {"req_id": _ANY},
-    LEASE_BACKLOG: {"req_id": _ANY, "backlog": int},
+    LEASE_BACKLOG: {"req_id": _ANY, "backlog": int, "?outstanding": list},
     RETURN_LEASE: {"worker_id": str},
     WORKER_BLOCKED: {"worker_id": str, "blocked": bool},
     CREATE_ACTOR: {"actor_id": bytes, "cls": bytes, "meta": dict, "demand": _resources,

@@ -155,7 +155,8 @@ class TaskSubmitterPart:
     def _request_lease(self, key) -> None:
         demand, opts = self._lease_opts[key]
         body = {"demand": demand, "owner": self.addr, "job_id": self.job_id,
-                "node_id": self.node_id, "backlog": len(self._queues[key]), **opts}
+                "node_id": self.node_id, "backlog": len(self._queues[key]),
+                "outstanding": list(self._lease_reqs[key]), **opts}
         req_id = new_id()
         body["req_id"] = req_id
         body["reply_to"] = self.addr
@@ -225,7 +226,7 @@ class TaskSubmitterPart:
                 if self._backlogs.get(key) != n:
                     self._backlogs[key] = n
                     self.send_head(P.LEASE_BACKLOG, {"req_id": next(iter(reqs)),
-                                                     "backlog": n})
+                                                     "backlog": n, "outstanding": list(reqs)})
 
     def _on_worker_died(self, body, _bufs) -> None:
         with self._lock:
