@@ -17,6 +17,7 @@ from raylite.widgets import render as R
 from raylite.widgets import updater
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+READ_STEP_S = 0.25  # a read waiting on an actor checks this often whether raylite was shut down
 
 
 def ipywidgets():
@@ -103,9 +104,13 @@ class LiveView:
         return self._state
 
     def refresh(self) -> None:
-        """Read the state now and update the view (live views do this by themselves)."""
+        """Read the state now and update the view (live views do this by themselves); a
+        view of given data just redraws it."""
         from raylite.util.state import current_session, get_state
 
+        if self._given_data():
+            self._apply(self._extend({"time": time.time()}))
+            return
         core = self._core
         if core is None or current_session() is not core:
             return
@@ -201,10 +206,27 @@ class LiveView:
             except Exception as e:
                 self._set_status(f"cannot read the cluster state: {e}")
 
+    def _await(self, ref):
+        """The value of ``ref`` (a read-only call the view made, e.g. to a controller),
+        waited for in steps so a ``shutdown()`` or :data:`updater.READ_TIMEOUT` ends the
+        wait instead of the updater's thread hanging on a dead cluster."""
+        import raylite
+        from raylite.util.state import current_session
+
+        deadline = time.monotonic() + updater.READ_TIMEOUT
+        while not raylite.wait([ref], timeout=READ_STEP_S)[0]:
+            if current_session() is not self._core:
+                raise RuntimeError("raylite was shut down")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no answer in {updater.READ_TIMEOUT:g} s")
+        return raylite.get(ref)
+
     # ------------------------------------------------------- for subclasses
+    _given = None  # the data a view was given to draw (no cluster needed), if any
+
     def _given_data(self) -> bool:
         """True for a view drawn from data it was given (no cluster needed)."""
-        return False
+        return self._given is not None
 
     def _build(self, w):
         raise NotImplementedError

@@ -44,9 +44,6 @@ class LLMView(LiveView):
         self._handles: dict = {}
         self._cards: dict = {}
         super().__init__(live=live and self._given is None)
-        if self._engines and self._core is None:  # a local engine needs no cluster
-            self._set_status("")
-            self.refresh()
 
     def history(self) -> list[dict]:
         """One record per model and read: ``t`` plus the numbers (``pd.DataFrame``)."""
@@ -54,14 +51,8 @@ class LLMView(LiveView):
             return [dict(n, t=s["t"], model=m) for s in self.samples
                     for m, n in s["models"].items()]
 
-    def refresh(self) -> None:
-        if self._given is not None or (self._engines and self._core is None):
-            self._apply(self._extend({"time": time.time()}))
-        else:
-            super().refresh()
-
     def _given_data(self) -> bool:
-        return self._given is not None
+        return self._given is not None or bool(self._engines and self._core is None)
 
     # ------------------------------------------------------------ reading
     def _extend(self, state: dict) -> dict:

@@ -7,10 +7,7 @@ import collections
 import time
 
 from raylite.widgets import render_serve as RS
-from raylite.widgets import updater
 from raylite.widgets.base import LiveView, card_box, set_cards, set_value
-
-READ_STEP_S = 0.25  # a status read checks this often whether raylite was shut down
 
 
 class ServeView(LiveView):
@@ -56,16 +53,6 @@ class ServeView(LiveView):
             return [dict(d, t=s["t"], app=a, deployment=n) for s in self.samples
                     for (a, n), d in s["deps"].items()]
 
-    def refresh(self) -> None:
-        """Read Serve's status now (a view of given data just redraws)."""
-        if self._given is not None:
-            self._apply({"time": time.time(), "serve": self._given})
-        else:
-            super().refresh()
-
-    def _given_data(self) -> bool:
-        return self._given is not None
-
     # ------------------------------------------------------------ reading Serve
     def _extend(self, state: dict) -> dict:
         try:
@@ -87,21 +74,15 @@ class ServeView(LiveView):
     def _read(self) -> dict | None:
         """``serve.status()``'s data, asked of the controller without ever starting Serve
         and without waiting past :data:`updater.READ_TIMEOUT` or a ``shutdown()``."""
-        import raylite
         from raylite.util.state import current_session
 
+        if self._given is not None:
+            return self._given
         ctrl = self._controller or self._lookup()
         if ctrl is None:
             return None
         try:
-            ref = ctrl.get_status.remote()
-            deadline = time.monotonic() + updater.READ_TIMEOUT
-            while not raylite.wait([ref], timeout=READ_STEP_S)[0]:
-                if current_session() is not self._core:
-                    raise RuntimeError("raylite was shut down")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no answer in {updater.READ_TIMEOUT:g} s")
-            return RS.normalize(raylite.get(ref))
+            return RS.normalize(self._await(ctrl.get_status.remote()))
         except Exception:
             self._controller = None
             if current_session() is self._core and self._lookup() is None:

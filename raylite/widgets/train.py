@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 from raylite.widgets import render_train as RT
-from raylite.widgets import updater
 from raylite.widgets.base import LiveView, set_value
 
-READ_STEP_S = 0.25
 NAMESPACE = "raylite_train"  # where trainers register their run's coordinator actor
 
 
@@ -39,15 +35,6 @@ class TrainView(LiveView):
         self._handle_name = None
         super().__init__(live=live and data is None)
 
-    def refresh(self) -> None:
-        if self._given is not None:
-            self._apply({"time": time.time(), "train": self._given})
-        else:
-            super().refresh()
-
-    def _given_data(self) -> bool:
-        return self._given is not None
-
     # ------------------------------------------------------------ reading the run
     def _find(self):
         """The newest run's coordinator (or the named run's), or None."""
@@ -67,21 +54,13 @@ class TrainView(LiveView):
         return self._handle
 
     def _read(self) -> dict | None:
-        import raylite
-        from raylite.util.state import current_session
-
+        if self._given is not None:
+            return self._given
         handle = self._find() if self.run_name is not None or self._handle is None or \
             self._newer_run() else self._handle
         if handle is None:
             return self.snapshot  # the run ended and its coordinator is gone: keep the last
-        ref = handle.snapshot.remote()
-        deadline = time.monotonic() + updater.READ_TIMEOUT
-        while not raylite.wait([ref], timeout=READ_STEP_S)[0]:
-            if current_session() is not self._core:
-                raise RuntimeError("raylite was shut down")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no answer in {updater.READ_TIMEOUT:g} s")
-        return raylite.get(ref)
+        return self._await(handle.snapshot.remote())
 
     def _newer_run(self) -> bool:
         s = self.snapshot
