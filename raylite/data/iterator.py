@@ -90,17 +90,15 @@ class DataIterator:
         return B.concat(list(self._blocks()))
 
 
+# What ``device="auto"`` means in this process: set by raylite.train while a training
+# worker runs (its device: its GPU when the trainer uses GPUs), else the CPU. A hook and
+# not an import, so Data never imports Train (Train imports Data for its datasets).
+auto_device_fn = None
+
+
 def _auto_device():
-    try:
-        from raylite.train._internal import session
-
-        if session.get_session() is not None:
-            from raylite.train.torch import get_device
-
-            return get_device()
-    except ImportError:
-        pass
-    return "cpu"
+    fn = auto_device_fn
+    return fn() if fn is not None else "cpu"
 
 
 def _rebatch(blocks, batch_size, drop_last, shuffle_buffer, rng) -> Iterator[B.Block]:

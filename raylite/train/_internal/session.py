@@ -17,6 +17,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from raylite.data import iterator
+
 _session: TrainSession | None = None
 _lock = threading.Lock()
 
@@ -168,7 +170,19 @@ def init_session(**kwargs) -> TrainSession:
     with _lock:
         _session = TrainSession(**kwargs)
         _set_env(_session)
+        iterator.auto_device_fn = session_device
         return _session
+
+
+def session_device():
+    """This worker's torch device: its GPU when the trainer uses GPUs, else the CPU
+    (``train.torch.get_device()``, and what ``iter_torch_batches(device="auto")`` uses)."""
+    import torch
+
+    s = _session
+    if s is not None and s.use_gpu and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _set_env(s: TrainSession) -> None:
@@ -186,6 +200,7 @@ def end_session() -> None:
     global _session
     with _lock:
         _session = None
+        iterator.auto_device_fn = None
 
 
 def require_session(what: str) -> TrainSession:

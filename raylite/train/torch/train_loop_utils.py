@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from raylite.train._internal.session import get_session
+from raylite.train._internal.session import get_session, session_device
 
 __all__ = ["get_device", "get_devices", "prepare_model", "prepare_data_loader"]
 
@@ -18,10 +18,7 @@ def _world_size() -> int:
 
 def get_device() -> torch.device:
     """This worker's device: its GPU when the trainer uses GPUs, else the CPU."""
-    s = get_session()
-    if s is not None and s.use_gpu and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    return session_device()
 
 
 def get_devices() -> list[torch.device]:
