@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "raylite"
-NO_CYCLES_IN = ("raylite.core", "raylite.autoscaler", "raylite.serve")
+NO_CYCLES_IN = ("raylite",)  # the whole package: core, autoscaler, serve, train, data, llm, ...
 MAX_LINES = 600
 # modules allowed over MAX_LINES, each with the reason it is not split yet (none now)
 TOO_LONG_OK: dict[str, str] = {}
@@ -164,7 +164,7 @@ def test_the_graph_sees_lazy_imports_and_submodules():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-def test_no_import_cycles_in_core_autoscaler_and_serve():
+def test_no_import_cycles_anywhere_in_the_package():
     graph = import_graph()
     bad = [c for c in cycles(graph) if any(_in(m, NO_CYCLES_IN) for m in c)]
     assert not bad, "import circles:\n" + "\n".join(_path_in(c, graph) for c in bad)

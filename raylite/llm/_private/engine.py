@@ -19,11 +19,10 @@ from functools import partial
 
 import torch
 
-from raylite.llm._private.attention import build_metadata
 from raylite.llm._private.config import EngineConfig
 from raylite.llm._private.kv_cache import BlockManager
 from raylite.llm._private.loader import load_module, local_path, pick_device
-from raylite.llm._private.models import PagedCausalLM, wrap_module
+from raylite.llm._private.models import PagedCausalLM, step_logits, wrap_module
 from raylite.llm._private.sampling import SamplingParams, sample
 from raylite.llm._private.scheduler import FINISHED, RUNNING, Scheduler, Sequence
 from raylite.llm._private.tokenizer import ByteTokenizer, load_tokenizer
@@ -316,20 +315,6 @@ class LLMEngine:
             "step_time_s": (sum(self._step_time) / len(self._step_time)
                             if self._step_time else None),
         }
-
-
-def step_logits(model: PagedCausalLM, ids: list[int], pos: list[int], decode: list,
-                prefill: list, rows: list[int], kv_caches, *, block_size: int,
-                backend: str):
-    """One forward over a step's flat batch; the logits of the given rows (None when
-    there are none). A tensor-parallel model runs the same on each of its workers."""
-    md = build_metadata(decode, prefill, block_size=block_size,
-                        num_heads=model.num_heads, num_kv_heads=model.num_kv_heads,
-                        device=model.device, backend=backend)
-    input_ids = torch.tensor(ids, dtype=torch.long).to(model.device, non_blocking=True)
-    positions = torch.tensor(pos, dtype=torch.long).to(model.device, non_blocking=True)
-    hidden = model.forward(input_ids, positions, md, kv_caches)
-    return model.logits(hidden[rows]) if rows else None
 
 
 def _find_stop(text: str, stops: list[str], start: int) -> int | None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from raylite.llm._private.attention import AttentionMetadata, paged_attention
+from raylite.llm._private.attention import AttentionMetadata, build_metadata, paged_attention
 
 
 class PagedCausalLM:
@@ -197,3 +197,17 @@ def wrap_module(module: torch.nn.Module, max_model_len: int | None = None) -> Pa
                                                     cfg.max_position_embeddings))
     raise ValueError(f"raylite.llm serves raylite GPT, GPT-2 and Llama-family models; "
                      f"got model_type={kind!r}")
+
+
+def step_logits(model: PagedCausalLM, ids: list[int], pos: list[int], decode: list,
+                prefill: list, rows: list[int], kv_caches, *, block_size: int,
+                backend: str):
+    """One forward over a step's flat batch; the logits of the given rows (None when
+    there are none). A tensor-parallel model runs the same on each of its workers."""
+    md = build_metadata(decode, prefill, block_size=block_size,
+                        num_heads=model.num_heads, num_kv_heads=model.num_kv_heads,
+                        device=model.device, backend=backend)
+    input_ids = torch.tensor(ids, dtype=torch.long).to(model.device, non_blocking=True)
+    positions = torch.tensor(pos, dtype=torch.long).to(model.device, non_blocking=True)
+    hidden = model.forward(input_ids, positions, md, kv_caches)
+    return model.logits(hidden[rows]) if rows else None

@@ -19,6 +19,7 @@ import socket
 import torch
 
 import raylite
+from raylite.llm._private.models import step_logits
 
 
 def shard_gpt2(module: torch.nn.Module, rank: int, world: int) -> torch.nn.Module:
@@ -109,8 +110,6 @@ class TPWorker:
                    for _ in range(m.num_layers)]
 
     def step(self, ids, pos, decode, prefill, rows, block_size, backend):
-        from raylite.llm._private.engine import step_logits
-
         logits = step_logits(self.model, ids, pos, decode, prefill, rows, self.kv,
                              block_size=block_size, backend=backend)
         return logits.cpu() if self.rank == 0 and logits is not None else None
