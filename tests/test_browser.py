@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -350,9 +351,13 @@ def test_serve_view_is_live(page, lab, shots):
         '.raylite-serve-edge[data-from="Api"][data-to="Sentiment"]')).to_have_count(1)
     # the autoscaled app comes after the view was drawn: only a live view shows it scale
     nb.run_until(nb.index("auto_load = pd.concat(") + 1)
-    slow = out.locator('.raylite-serve-deployment[data-deployment="Slow"]')
-    sync_api.expect(slow.locator("svg.raylite-serve-chart")).to_have_attribute(
-        "data-peak-running", "4", timeout=20_000)
+    chart = out.locator('.raylite-serve-deployment[data-deployment="Slow"]').locator(
+        "svg.raylite-serve-chart")
+    # 12 callers at 3 ongoing requests per replica: the target goes to 4, and replicas
+    # start while the view is on the page (how many run before the load ends depends on
+    # how fast this machine starts them: 4 on an idle one, fewer when it is loaded)
+    sync_api.expect(chart).to_have_attribute("data-peak-target", "4", timeout=20_000)
+    sync_api.expect(chart).to_have_attribute("data-peak-running", re.compile("^[234]$"))
     sync_api.expect(out).to_contain_text("live")
     nb.shoot(view_cell, "serve_view")
     nb.ran = len(nb.sources) - 1  # skip to the last cell: Serve and raylite shut down

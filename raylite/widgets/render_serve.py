@@ -260,8 +260,8 @@ def chart_svg(samples: list[dict], key: tuple[str, str], color: str = R.PALETTE[
     """Replicas over the last ``window_s`` seconds (running: a solid line; running +
     starting: the shaded area; target: dashed) over the requests (ongoing: green area,
     queued: orange, stacked on top). A reading is drawn back to the one before it, so
-    the latest shows. The most replicas running in that time is the SVG's
-    ``data-peak-running``."""
+    the latest shows. The most replicas running and the highest target in that time are
+    the SVG's ``data-peak-running`` and ``data-peak-target``."""
     pts = [(s["t"], s["deps"][key]) for s in samples if key in s["deps"]]
     now = now if now is not None else (pts[-1][0] if pts else time.time())
     span = min(window_s, max(30.0, now - (pts[0][0] if pts else now)))
@@ -284,8 +284,9 @@ def chart_svg(samples: list[dict], key: tuple[str, str], color: str = R.PALETTE[
 
     last = pts[-1][1] if pts else dep_sample({})
     peak = max((d["running"] for _, d in pts), default=0)
+    peak_target = max((d["target"] for _, d in pts), default=0)
     out = [R.svg_open(width, top2 + h2 + 20, "raylite-serve-chart",
-                      f'data-peak-running="{peak}"'),
+                      f'data-peak-running="{peak}" data-peak-target="{peak_target}"'),
            R.legend([(f"running replicas ({last['running']})", color),
                      (f"target ({last['target']})", TARGET_COLOR)], left, 3),
            R.y_grid(rmax, y1, left, width - right, max_ticks=4),
