@@ -1,6 +1,7 @@
 """Serve LLM over real HTTP with the official ``openai`` client: models, completions,
 chat (the HF model's chat template), streaming as server-sent events, usage, logprobs,
-OpenAI-shaped errors with the server staying up, and aborting an abandoned stream."""
+OpenAI-shaped errors with the server staying up, and aborting the request of a client
+that goes away (streaming or not, with and without an ingress in front)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 pytest.importorskip("transformers")
 openai = pytest.importorskip("openai")
 
+from fixtures import send_then_drop  # noqa: E402
 from llm_models import make_gpt, make_hf  # noqa: E402
 
 from raylite import serve  # noqa: E402
@@ -159,6 +161,62 @@ def test_an_abandoned_stream_is_aborted(llm_url):
     wait_for_condition(lambda: server.stats.remote().result()["aborted"] == before + 1,
                        timeout=20)
     assert server.stats.remote().result()["running"] == 0
+
+
+@pytest.fixture(scope="module")
+def long_apps(serve_url, dirs, tmp_path_factory):
+    """A model with a 4,096-token context (a request of 4,000 tokens runs for seconds),
+    served alone ("direct": its LLMServer answers HTTP) and behind an OpenAiIngress with
+    a second model ("behind": the ingress streams from it through a handle)."""
+    path = str(tmp_path_factory.mktemp("long"))
+    make_gpt(path, block_size=4096)
+
+    def cfg(model_id, source):
+        return LLMConfig(model_loading_config={"model_id": model_id, "model_source": source},
+                         deployment_config=NO_CPU)
+    serve.run(build_openai_app({"llm_configs": [cfg("long", path)]}), name="direct",
+              route_prefix="/direct")
+    serve.run(build_openai_app({"llm_configs": [cfg("long", path), cfg("gpt", dirs["gpt"])]}),
+              name="behind", route_prefix="/behind")
+    yield
+    serve.delete("direct")
+    serve.delete("behind")
+
+
+def _post(path: str, body: dict) -> bytes:
+    data = json.dumps(body).encode()
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+
+
+@pytest.mark.parametrize("app", ["direct", "behind"])
+def test_a_client_that_disconnects_aborts_its_request(serve_url, long_apps, app):
+    server = serve.get_deployment_handle("LLMServer_long", app)
+
+    def stats():
+        return server.stats.remote().result(timeout_s=10)
+
+    def all_freed(aborted):
+        s = stats()
+        return s["aborted"] == aborted and s["running"] == s["waiting"] == 0 and \
+            s["kv_blocks_used"] == 0
+
+    before = stats()
+    body = {"model": "long", "prompt": "x", "max_tokens": 4000, "ignore_eos": True}
+    url = f"/{app}/v1/completions"
+    # streaming: read a few events, hang up
+    got = send_then_drop(serve_url, _post(url, {**body, "stream": True}), b"data: {",
+                         count=3)
+    assert got.startswith(b"HTTP/1.1 200")
+    wait_for_condition(lambda: all_freed(before["aborted"] + 1), timeout=20)
+    # not streaming: hang up while the engine runs the request
+    send_then_drop(serve_url, _post(url, body), before_close=lambda: wait_for_condition(
+        lambda: stats()["running"] == 1, timeout=20))
+    wait_for_condition(lambda: all_freed(before["aborted"] + 2), timeout=20)
+    assert stats()["finished"] == before["finished"]  # neither ran to its end
+    r = httpx.post(f"{serve_url}{url}", json={"model": "long", "prompt": "hi",
+                                             "max_tokens": 3}, timeout=30)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
 
 
 def test_llm_config_checks_its_options():

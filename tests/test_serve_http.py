@@ -11,7 +11,7 @@ import threading
 
 import httpx
 import pytest
-from fixtures import Signal
+from fixtures import Signal, send_then_drop
 
 from raylite import serve
 from raylite.testing import serve_auth_headers as AUTH
@@ -152,6 +152,59 @@ def test_generator_return_value_streams(serve_url):
     serve.run(count.bind(), name="count", route_prefix="/count")
     assert get(f"{serve_url}/count?n=5").text == "0,1,2,3,4,"
     serve.delete("count")
+
+
+def test_a_client_that_disconnects_cancels_its_request(serve_url):
+    """Ray Serve's behaviour: when the HTTP client goes away, the request is cancelled
+    and the handler (or the generator making a streamed body) sees CancelledError."""
+    import asyncio
+
+    @serve.deployment(ray_actor_options=NO_CPU)
+    class Watched:
+        def __init__(self):
+            self.seen = []
+
+        async def __call__(self, request):
+            from starlette.responses import StreamingResponse
+
+            async def forever(tag):
+                try:
+                    self.seen.append(f"{tag} started")
+                    await asyncio.Event().wait()
+                finally:  # CancelledError arrives here
+                    self.seen.append(f"{tag} cancelled")
+
+            if request.url.path.endswith("/stream"):
+                async def body():
+                    yield "first\n"
+                    await forever("stream")
+                    yield "never\n"
+                return StreamingResponse(body(), media_type="text/plain")
+            await forever("call")
+
+        def events(self):
+            return list(self.seen)
+
+    serve.run(Watched.bind(), name="watched", route_prefix="/watched")
+    h = serve.get_deployment_handle("Watched", "watched")
+    # a streamed body: read the first piece, then hang up
+    send_then_drop(serve_url, b"GET /watched/stream HTTP/1.1\r\nHost: x\r\n\r\n",
+                    until=b"first")
+    wait_for_condition(lambda: "stream cancelled" in h.events.remote().result(),
+                       timeout=10)
+    # a plain call still running: hang up once the handler has started
+    send_then_drop(serve_url, b"GET /watched/call HTTP/1.1\r\nHost: x\r\n\r\n",
+                    before_close=lambda: wait_for_condition(
+                        lambda: "call started" in h.events.remote().result(), timeout=10))
+    wait_for_condition(lambda: "call cancelled" in h.events.remote().result(),
+                       timeout=10)
+    assert h.events.remote().result() == ["stream started", "stream cancelled",
+                                          "call started", "call cancelled"]
+    with httpx.stream("GET", f"{serve_url}/watched/stream", timeout=10) as r:
+        assert next(r.iter_text()) == "first\n"  # the server keeps serving
+    wait_for_condition(lambda: h.events.remote().result().count("stream cancelled") == 2,
+                       timeout=10)
+    serve.delete("watched")
 
 
 # ---------------------------------------------------------------- FastAPI

@@ -6,6 +6,10 @@ with ``.result(timeout_s)``, cancelled, or passed into another ``.remote()`` cal
 receiving replica gets its value, resolved before the call runs). With
 ``handle.options(stream=True)`` the method is a generator and the call returns a
 ``DeploymentResponseGenerator`` to iterate (sync or async) as values are produced.
+
+As in Ray Serve, a task awaiting a response (or iterating a generator) that is cancelled
+cancels the request too, so a request cancelled upstream (its HTTP client went away)
+cancels the requests it is waiting on downstream.
 """
 
 from __future__ import annotations
@@ -119,10 +123,20 @@ class _Base:
         if self._assigned.done():
             return self._wait_assigned(0)
         try:
-            return await asyncio.wrap_future(self._assigned)
+            return await asyncio.shield(asyncio.wrap_future(self._assigned))
         except (asyncio.CancelledError, concurrent.futures.CancelledError):
             if self._assigned.cancelled():
                 raise RequestCancelledError("The request was cancelled.") from None
+            self.cancel()  # the awaiting task was cancelled: so is the request
+            raise
+
+    async def _await_sent(self, cf):
+        """Await a future of the sent request; the awaiting task cancelled, the request
+        is cancelled too (the future itself is left to resolve)."""
+        try:
+            return await asyncio.shield(asyncio.wrap_future(cf))
+        except asyncio.CancelledError:
+            self.cancel()
             raise
 
     def cancel(self) -> None:
@@ -160,7 +174,7 @@ class DeploymentResponse(_Base):
     async def _get_async(self):
         _slot, (_ref, fut) = await self._await_assigned()
         try:
-            return await asyncio.wrap_future(fut)
+            return await self._await_sent(fut)
         except TaskCancelledError as e:
             raise RequestCancelledError(str(e)) from None
 
@@ -203,9 +217,13 @@ class DeploymentResponseGenerator(_Base):
     async def __anext__(self):
         if self._gen is None:
             self._gen = (await self._await_assigned())[1]
-        ref = await self._gen.__anext__()
         try:
-            return await ref
+            ref = await self._gen.__anext__()
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+        try:
+            return await self._await_sent(ref.future())
         except TaskCancelledError as e:
             raise RequestCancelledError(str(e)) from None
 

@@ -6,6 +6,10 @@ A reply is ``(status, headers, body, stream_id)``. A response whose body comes i
 than one piece (``StreamingResponse``, a generator) answers with its first piece and a
 ``stream_id``; the proxy then reads the rest from the replica's ``http_stream``. So an
 ordinary request costs one actor call, and only streaming pays for a stream.
+
+A request whose client goes away is cancelled (as in Ray Serve): the proxy cancels its
+actor call, and the task running the ASGI app (the user's handler or its response's
+body) gets ``asyncio.CancelledError``; so does a stream nobody reads any more.
 """
 
 from __future__ import annotations
@@ -29,6 +33,13 @@ async def read_body(receive) -> bytes | None:
         parts.append(msg.get("body", b""))
         if not msg.get("more_body", False):
             return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def wait_disconnect(receive) -> None:
+    """Return when the client has gone (or the response is complete: uvicorn answers
+    ``http.disconnect`` to either, so stop waiting once the response is sent)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def make_request(scope: dict, body: bytes):
@@ -91,22 +102,40 @@ def as_asgi(result):
 
 
 class Streams:
-    """Bodies still being produced, by stream id, for ``http_stream`` to drain."""
+    """Bodies still being produced, by stream id: a queue of pieces for ``http_stream``
+    to drain, and the task producing them (kept until it ends, so the stream can be
+    cancelled whether or not its reader has started)."""
+
+    UNREAD_S = 300.0  # a stream not taken by then is cancelled
 
     def __init__(self):
-        self._queues: dict[str, asyncio.Queue] = {}
+        self._unread: dict[str, asyncio.Queue] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
         self._next = 0
 
-    def open(self) -> tuple[str, asyncio.Queue]:
+    def open(self, task: asyncio.Task) -> tuple[str, asyncio.Queue]:
         self._next += 1
         sid = str(self._next)
-        q = self._queues[sid] = asyncio.Queue()
-        # a stream nobody reads (the client went away) is dropped after a while
-        asyncio.get_running_loop().call_later(300, self._queues.pop, sid, None)
+        q: asyncio.Queue = asyncio.Queue()
+        self._unread[sid] = q
+        self._tasks[sid] = task
+        task.add_done_callback(lambda _: self._tasks.pop(sid, None))
+        asyncio.get_running_loop().call_later(
+            self.UNREAD_S, lambda: sid in self._unread and self.cancel(sid))
         return sid, q
 
-    def take(self, sid: str) -> asyncio.Queue | None:
-        return self._queues.pop(sid, None)
+    def take(self, sid: str) -> tuple[asyncio.Queue, asyncio.Task] | None:
+        q = self._unread.pop(sid, None)
+        task = self._tasks.get(sid)
+        return None if q is None or task is None else (q, task)
+
+    def cancel(self, sid: str) -> bool:
+        """Cancel the task producing a stream (read or not); False if it has ended."""
+        self._unread.pop(sid, None)
+        task = self._tasks.pop(sid, None)
+        if task is not None:
+            task.cancel()
+        return task is not None
 
 
 _END = object()
@@ -115,7 +144,8 @@ _END = object()
 async def run_asgi(app, scope: dict, body: bytes, streams: Streams, on_done) -> tuple:
     """Run an ASGI app on one request. Returns the reply once the response is complete,
     or, if its body comes in pieces, once the first piece is there (the rest goes to a
-    stream); ``on_done()`` runs when the app has finished either way."""
+    stream); ``on_done()`` runs when the app has finished either way. Cancelled before
+    the reply, it cancels the app's task (the client went away)."""
     loop = asyncio.get_running_loop()
     head: asyncio.Future = loop.create_future()
     start = {}
@@ -145,7 +175,7 @@ async def run_asgi(app, scope: dict, body: bytes, streams: Streams, on_done) -> 
                 head.set_result((start.get("status", 200), start.get("headers", []),
                                  b"".join(parts), None))
             return
-        sid, queue = streams.open()
+        sid, queue = streams.open(task)
         if not head.done():
             head.set_result((start.get("status", 200), start.get("headers", []),
                              b"".join(parts), sid))
@@ -165,16 +195,37 @@ async def run_asgi(app, scope: dict, body: bytes, streams: Streams, on_done) -> 
                 queue.put_nowait(_END)
             on_done()
 
-    loop.create_task(main())
-    return await head
+    task = loop.create_task(main())
+    try:
+        return await head
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
 
 
-async def drain(queue: asyncio.Queue):
-    """The rest of a streamed body, piece by piece."""
-    while True:
-        item = await queue.get()
-        if item is _END:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+async def drain(queue: asyncio.Queue, task: asyncio.Task):
+    """The rest of a streamed body: every piece ready is yielded joined in one (so a
+    burst costs one message to the proxy, and the first piece never waits). Left early
+    (the reader was cancelled or stopped), it cancels the task producing the body."""
+    ended = False
+    try:
+        while True:
+            items = [await queue.get()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            end = None
+            for i, item in enumerate(items):
+                if item is _END or isinstance(item, BaseException):
+                    end, items = item, items[:i]
+                    break
+            if end is not None:
+                ended = True
+            if items:
+                yield items[0] if len(items) == 1 else b"".join(items)
+            if end is _END:
+                return
+            if end is not None:
+                raise end
+    finally:
+        if not ended:
+            task.cancel()  # the body will not be read: stop making it

@@ -6,6 +6,11 @@ is: parse, longest-prefix match, pick a replica (power of two choices), one asyn
 call awaited on uvicorn's loop, write the answer. A missing route is a 404, an error in a
 replica a 500 with its text, a full queue a 503; the proxy itself stays up. The REST API
 (``rest.py``) is served here too.
+
+A client that disconnects cancels its request, as in Ray Serve: a task per request waits
+for uvicorn's ``http.disconnect`` and cancels the forwarding, which cancels whatever it
+was waiting on (the queued assignment, the replica call, or the streaming call through
+``raylite.cancel``); the replica's handler gets ``asyncio.CancelledError``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import socket
 import threading
 import time
+from functools import partial
 
 import raylite
 from raylite.serve._private import client, http_util, rest
@@ -93,6 +99,10 @@ class HTTPProxy:
             "headers": scope["headers"], "client": scope.get("client"),
             "server": scope.get("server"), "extensions": {},
         }
+        me = asyncio.current_task()
+        watching = True
+        gone = asyncio.get_running_loop().create_task(http_util.wait_disconnect(receive))
+        gone.add_done_callback(lambda w: watching and not w.cancelled() and me.cancel())
         try:
             if self._timeout is None:
                 await self._forward(app, dep, req_scope, body, send)
@@ -103,8 +113,17 @@ class HTTPProxy:
             await send_simple(send, 408, f"Request timed out after {self._timeout}s.")
         except (BackPressureError, DeploymentUnavailableError) as e:
             await send_simple(send, 503, str(e))
+        except asyncio.CancelledError:
+            if not (gone.done() and not gone.cancelled()):
+                raise  # cancelled for another reason (the server stopping)
+            me.uncancel()  # the client went away: its request was cancelled, all done
+        finally:
+            watching = False
+            gone.cancel()
 
     async def _forward(self, app: str, dep: str, scope: dict, body: bytes, send) -> None:
+        """Send the request to a replica and its answer to the client. Cancelled (the
+        client went away, or the timeout), it cancels the request where it is."""
         router = get_router(self.controller, app, dep)
 
         def call(actor):
@@ -113,10 +132,19 @@ class HTTPProxy:
             return (ref, fut), fut
         assigned = router.assign(call)
         if not assigned.done():
-            await asyncio.wrap_future(assigned)
-        slot, (_ref, fut) = assigned.result()
+            try:
+                await _shielded(assigned)
+            except asyncio.CancelledError:
+                if not router.cancel_pending(assigned):  # sent meanwhile: cancel there
+                    assigned.add_done_callback(_on_loop(_cancel_assigned))
+                raise
+        slot, (ref, fut) = assigned.result()
         try:
-            status, headers, payload, stream_id = await asyncio.wrap_future(fut)
+            status, headers, payload, stream_id = await _shielded(fut)
+        except asyncio.CancelledError:
+            raylite.cancel(ref)
+            fut.add_done_callback(_on_loop(partial(_cancel_unread, slot.actor)))
+            raise
         except Exception as e:  # the replica died, or the call failed outside user code
             await send_simple(send, 500, f"Internal Server Error\n{e}")
             return
@@ -127,17 +155,53 @@ class HTTPProxy:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": payload})
             return
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        if payload:
-            await send({"type": "http.response.body", "body": payload, "more_body": True})
-        gen = slot.actor.http_stream.options(num_returns="streaming").remote(stream_id)
+        gen = None
         try:
-            async for ref in gen:
-                chunk = await ref
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            if payload:
+                await send({"type": "http.response.body", "body": payload, "more_body": True})
+            gen = slot.actor.http_stream.options(num_returns="streaming").remote(stream_id)
+            async for item in gen:
+                chunk = await _shielded(item.future())
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except asyncio.CancelledError:
+            if gen is not None:
+                raylite.cancel(gen.completed())  # the streaming call ends
+            # and the body's producer stops: also when the cancel reached the replica
+            # before its http_stream call had started (which raylite.cancel can miss)
+            slot.actor.cancel_http_stream.remote(stream_id)
+            raise
         except Exception as e:  # the body is half sent: end it, the client sees it cut
             log.warning("stream from %s/%s failed: %s", app, dep, e)
         await send({"type": "http.response.body", "body": b""})
+
+
+def _shielded(cf):
+    """Await a concurrent future without cancelling it when the awaiting task is
+    cancelled (raylite resolves its futures later; a cancelled one would lose the
+    value, and the cleanup needs it)."""
+    return asyncio.shield(asyncio.wrap_future(cf))
+
+
+def _on_loop(fn):
+    """A done-callback for a concurrent future that runs ``fn(future)`` on this event
+    loop (raylite may resolve futures on its IO thread, where nothing may block)."""
+    loop = asyncio.get_running_loop()
+    return lambda f: loop.call_soon_threadsafe(fn, f)
+
+
+def _cancel_assigned(assigned) -> None:
+    """The request was sent after its client went away: cancel it there."""
+    if not assigned.cancelled() and assigned.exception() is None:
+        slot, (ref, fut) = assigned.result()
+        raylite.cancel(ref)
+        fut.add_done_callback(_on_loop(partial(_cancel_unread, slot.actor)))
+
+
+def _cancel_unread(actor, fut) -> None:
+    """The reply came after its request was cancelled: a stream it opened is dropped."""
+    if not fut.cancelled() and fut.exception() is None and fut.result()[3] is not None:
+        actor.cancel_http_stream.remote(fut.result()[3])
 
 
 class ProxyActor:

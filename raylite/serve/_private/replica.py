@@ -211,11 +211,19 @@ class ReplicaActor:
                 done()
 
     async def http_stream(self, stream_id: str):
-        queue = self._streams.take(stream_id)
-        if queue is None:
+        """The rest of a streamed HTTP body. Cancelled (its client went away) or closed
+        early, it cancels the task producing the body, so the user's handler sees
+        ``asyncio.CancelledError`` (Ray Serve cancels a request on disconnect too)."""
+        entry = self._streams.take(stream_id)
+        if entry is None:
             raise KeyError(f"no open stream {stream_id!r}")
-        async for chunk in http_util.drain(queue):
+        async for chunk in http_util.drain(*entry):
             yield chunk
+
+    def cancel_http_stream(self, stream_id: str) -> bool:
+        """Cancel a streamed HTTP response whose client went away (the task producing
+        its body gets CancelledError), whether or not its ``http_stream`` has started."""
+        return self._streams.cancel(stream_id)
 
 
 async def _maybe_await(value):
