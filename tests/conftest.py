@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import raylite
 from raylite.testing import assert_no_leaks, mark_root
 
 mark_root()
+# Test clusters preload nothing (a test that wants it asks): the suite imports torch, so
+# by default every cluster's nodes would import torch again, seconds of CPU each.
+os.environ.setdefault("RAYLITE_PRELOAD", "")
 
 
 # Fixtures of a wider scope than one test (shared_cluster, serve_url, a module's own)

@@ -77,6 +77,9 @@ class Agent:
         msg = json.loads(data)
         if "spawned" in msg:
             self.add_child(msg["spawned"], fds[0], msg["env_key"])
+        elif "preloaded" in msg:  # the workers forked before lack the modules
+            self.send_head(P.RETIRE_IDLE, {"node_id": self.node_id,
+                                           "pids": list(self.children)})
         else:
             self.child_exited(msg["exited"], msg["code"])
 
@@ -296,7 +299,8 @@ def main(argv=None) -> None:
     # context exists in this process: the zygote forks every worker from this state
     from raylite.core import worker, zygote
 
-    agent.zygote_pid, agent.zygote_sock = zygote.start(worker.main)
+    preload = zygote.preload_modules(os.environ.get(zygote.PRELOAD_ENV))
+    agent.zygote_pid, agent.zygote_sock = zygote.start(worker.main, preload)
     die_with_parent(signal.SIGTERM)
 
     def on_term(*_):

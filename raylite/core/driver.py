@@ -24,6 +24,7 @@ from raylite.core.core_worker import CoreWorker, HeadDiedError, print_worker_lin
 from raylite.core.object_ref import new_id
 from raylite.core.osutil import free_port_pair, stop_processes
 from raylite.core.transport import _advertise, host_of, is_loopback
+from raylite.core.zygote import PRELOAD_ENV
 
 SESSION_FILE_DIR = os.path.join(os.environ.get("TMPDIR", "/tmp"), "raylite")
 LOG_DIR = os.path.join(SESSION_FILE_DIR, "logs")
@@ -53,6 +54,7 @@ class LocalCluster:
         self.head = None
         self.agents: dict[str, subprocess.Popen] = {}
         self._n = 0
+        self.preload: str | None = None  # RAYLITE_PRELOAD for the nodes (None: see _env)
 
     def _env(self) -> dict:
         env = dict(os.environ)
@@ -61,6 +63,10 @@ class LocalCluster:
         else:
             env.pop("RAYLITE_PARENT_PID", None)
         env["RAYLITE_TOKEN"] = self.token
+        if self.preload is not None:
+            env[PRELOAD_ENV] = self.preload
+        elif PRELOAD_ENV not in env and "torch" in sys.modules:
+            env[PRELOAD_ENV] = "torch"  # a driver that uses torch: its workers will too
         pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
         return env
@@ -252,9 +258,10 @@ def resolve_address(address: str) -> tuple[str, str | None]:
 
 
 def start_local(num_cpus=None, num_gpus=None, resources=None, labels=None, nodes=None,
-                warm=None, host: str = "127.0.0.1") -> LocalCluster:
+                warm=None, host: str = "127.0.0.1", preload: str | None = None) -> LocalCluster:
     """Start a head and its nodes all at once (no waiting: start-up is what init costs)."""
     cluster = LocalCluster(new_session_id(), host=host)
+    cluster.preload = preload
     cluster.start_head()
     specs = nodes or [{"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources,
                        "labels": labels}]

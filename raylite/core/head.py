@@ -91,6 +91,7 @@ class Head(NodesPart, LeasesPart, ActorsPart, PlacementGroupsPart, StatePart):
         self.handlers = {
             P.REGISTER_NODE: self.on_register_node, P.HEARTBEAT: self.on_heartbeat,
             P.REGISTER_WORKER: self.on_register_worker, P.WORKER_EXITED: self.on_worker_exited,
+            P.RETIRE_IDLE: self.on_retire_idle,
             P.REQUEST_LEASE: self.on_request_lease, P.CANCEL_LEASE: self.on_cancel_lease,
             P.LEASE_BACKLOG: self.on_lease_backlog,
             P.RETURN_LEASE: self.on_return_lease, P.WORKER_BLOCKED: self.on_worker_blocked,

@@ -59,6 +59,10 @@ class LeasesPart:
         node = self.nodes[w.node_id]
         self.release(node, w)
         w.state, w.owner, w.blocked = "idle", None, False
+        if w.pid in node.stale:  # forked before the node preloaded: replace it
+            self.kill_worker(w)
+            self.top_up_pool(node)
+            return
         node.idle[w.env_key].append(w)
 
     def on_worker_blocked(self, body: dict) -> None:

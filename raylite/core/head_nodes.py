@@ -162,6 +162,20 @@ class NodesPart:
         if node is not None:  # it died before registering
             node.spawning[body["env_key"]] = max(0, node.spawning[body["env_key"]] - 1)
 
+    def on_retire_idle(self, body: dict) -> None:
+        """The node's zygote now forks workers with modules preloaded: replace its idle
+        workers among ``pids`` (forked before) with new ones now, the leased ones when
+        their lease comes back (``on_return_lease``); actors keep theirs."""
+        node = self.nodes.get(body["node_id"])
+        if node is None or not node.alive:
+            return
+        node.stale.update(body["pids"])
+        for idle in node.idle.values():
+            for w in [w for w in idle if w.pid in node.stale]:
+                idle.remove(w)  # never granted again; it is dead once its exit comes
+                self.kill_worker(w)
+        self.top_up_pool(node)
+
     def worker_died(self, w: Worker, reason: str) -> None:
         if w.state == "dead":
             return
@@ -172,6 +186,7 @@ class NodesPart:
         if node is not None:
             if w in node.idle.get(w.env_key, ()):
                 node.idle[w.env_key].remove(w)
+            node.stale.discard(w.pid)  # a later worker may get the pid
             self.release(node, w)
         if prev == "leased" and w.owner:
             self.send(w.owner, P.WORKER_DIED, {"worker_id": w.worker_id, "reason": reason})

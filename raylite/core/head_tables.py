@@ -60,6 +60,7 @@ class Node:
             collections.deque)  # env_key -> grants waiting for a new worker
         self.spawning: collections.Counter = collections.Counter()
         self.warm = int(body.get("warm", 0))
+        self.stale: set[int] = set()  # pids forked before the node preloaded its modules
         self.rejoin_sent = False
         self.spawning[""] = int(body.get("warm", 0))  # the agent forks its pool at start
         self.gpus = GpuSet(int(self.total.get("GPU", 0)))

@@ -95,7 +95,7 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
          labels=None, object_store_memory=None, namespace: str | None = None,
          ignore_reinit_error: bool = False, log_to_driver: bool = True, nodes=None,
          runtime_env=None, enable_zero_copy_torch_tensors: bool | None = None,
-         autoscaler=None,
+         autoscaler=None, preload=None,
          _node_ip_address: str | None = None, _token: str | None = None,
          **ray_options) -> RayliteContext:
     """Start a local cluster (or connect to one with ``address``) and return its context.
@@ -132,6 +132,13 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
 
     ``autoscaler={...}`` starts :func:`raylite.autoscaler.start` with that config on the
     cluster started here (a raylite extension; Ray configures it in the cluster YAML).
+
+    ``preload=["torch"]`` (or ``RAYLITE_PRELOAD=torch``; a raylite extension, Ray has no
+    such thing) has each node import those modules once, in the background, and then
+    fork its workers from that state, so actors and tasks that use them (a training
+    run's workers) skip the import: seconds for torch. By default the cluster started
+    here preloads torch when this process has imported it already; ``preload=[]`` turns
+    it off. The workers of the pool forked before are replaced while idle.
     """
     check_keywords(ray_options, _INIT_KEYWORDS | IGNORED_INIT_OPTIONS, "init()")
     with _init_lock:
@@ -158,6 +165,11 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
             os.environ[store.CAPACITY_ENV] = str(int(object_store_memory))
         else:
             os.environ.pop(store.CAPACITY_ENV, None)
+        if preload is not None:
+            if address is not None:
+                raise ValueError("preload applies to a cluster init() starts; set "
+                                 "RAYLITE_PRELOAD for `raylite start`")
+            preload = ",".join([preload] if isinstance(preload, str) else preload)
         if enable_zero_copy_torch_tensors is not None:
             from raylite.core import serialization
 
@@ -169,7 +181,8 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
                 raise ValueError("Pass either nodes=[...] or num_cpus/num_gpus, not both.")
             for attempt in range(3):
                 cluster = driver.start_local(num_cpus, num_gpus, resources, labels, nodes,
-                                             host=_node_ip_address or "127.0.0.1")
+                                             host=_node_ip_address or "127.0.0.1",
+                                             preload=preload)
                 try:
                     info = driver.connect(cluster.address, session=cluster.session,
                                           token=cluster.token, bind_host=cluster.host,

@@ -19,6 +19,7 @@ REGISTER_NODE = b"register_node"        # agent: node_id, addr, resources, label
 HEARTBEAT = b"heartbeat"                # agent / driver: node_id or job_id, load
 REGISTER_WORKER = b"register_worker"    # worker: worker_id, node_id, addr, core_addr, pid, env_key
 WORKER_EXITED = b"worker_exited"        # agent: worker_id, code
+RETIRE_IDLE = b"retire_idle"            # agent: node_id, pids -> those idle are replaced
 REQUEST_LEASE = b"request_lease"        # owner: req_id, reply_to, demand, strategy, selector, env
 CANCEL_LEASE = b"cancel_lease"          # owner: req_id
 LEASE_BACKLOG = b"lease_backlog"        # owner: req_id, backlog (tasks queued), outstanding
@@ -148,6 +149,8 @@ SCHEMA: dict[bytes, dict] = {
     REGISTER_WORKER: {"worker_id": str, "node_id": str, "addr": _addr, "core_addr": _addr,
                       "pid": int, "?env_key": str},
     WORKER_EXITED: {"node_id": str, "pid": int, "?env_key": str, "?reason": str},
+    RETIRE_IDLE: {"node_id": str, "pids": lambda x: isinstance(x, list) and all(
+        isinstance(p, int) for p in x)},
     REQUEST_LEASE: {"reply_to": _addr, "demand": _resources, "?env_vars": dict,
                     "?env_key": str, "?owner": _addr, "?strategy": (str, list, tuple),
                     "?label_selector": dict, "?backlog": int, "?outstanding": list},
