@@ -74,7 +74,13 @@ class ActorSubmitterPart:
     def submit_actor_task(self, actor_id: bytes, method: str, args, kwargs, nret,
                           max_task_retries: int = 0, group: str | None = None,
                           max_pending: int = -1):
-        """Submit an actor call (any thread); returns its refs or its generator."""
+        """Submit an actor call (any thread); returns its refs or its generator. Blocks
+        (holding nothing) while the actor's backlog in the outbox is full: a caller that
+        outruns an actor that does not read is slowed, not its memory grown (Ray queues
+        without bound)."""
+        a = self._actors.get(actor_id)
+        if a is not None and a.addr is not None:
+            self.outbox.throttle(a.addr)
         fields = {"method": method}
         if group is not None:
             fields["group"] = group  # the actor's concurrency group that runs it

@@ -177,7 +177,8 @@ class Agent:
     def run(self) -> None:
         import zmq
 
-        from raylite.core.transport import Outbox, Transport
+        from raylite.core.outbox import Outbox
+        from raylite.core.transport import Transport
 
         self.transport = Transport(self.token, self.bind_host)
         self.outbox = Outbox(self.transport)

@@ -11,7 +11,9 @@ It follows Ray's ownership and worker-lease design:
 
 One IO thread reads the inbox (results, replies, object requests) and the head's event
 stream; any thread may send (``Outbox`` is thread-safe), so submitting a task costs no
-thread hop. All bookkeeping is guarded by one lock.
+thread hop. All bookkeeping is guarded by one lock. A peer that stops reading slows its
+producers down (``Outbox.throttle``, outside the lock: an actor call waits while the
+actor's backlog is full) but never the IO thread.
 
 This class is the facade that wires the concerns together, one part (a mixin over the
 same object, as the head's parts) per module:
@@ -47,12 +49,13 @@ from raylite.core import store
 from raylite.core.actor_submitter import ActorSubmitterPart
 from raylite.core.object_reader import ObjectsPart
 from raylite.core.object_ref import new_id
+from raylite.core.outbox import Outbox
 from raylite.core.reference_table import ReferencesPart
 from raylite.core.streams import StreamsPart
 from raylite.core.task_events import TaskEventsPart
 from raylite.core.task_manager import TasksPart
 from raylite.core.task_submitter import TaskSubmitterPart
-from raylite.core.transport import Outbox, Transport
+from raylite.core.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,7 @@ class CoreWorker(ReferencesPart, ObjectsPart, TasksPart, TaskSubmitterPart,
         }
         self._io = threading.Thread(target=self._io_loop, name="raylite-io", daemon=True)
         self._io.start()
+        self.outbox.never_block.add(self._io.ident)  # it reads the inbox: never throttled
 
     # ------------------------------------------------------------------ messaging
     def send_head(self, msg_type: bytes, body: dict) -> None:

@@ -43,7 +43,8 @@ from raylite.core.head_tables import (  # noqa: F401  (re-exported: tests and to
     task_info,
 )
 from raylite.core.osutil import die_with_parent, drain_fd, signal_wakeup_fd
-from raylite.core.transport import Outbox, Transport
+from raylite.core.outbox import Outbox
+from raylite.core.transport import Transport
 
 log = logging.getLogger("raylite.head")
 

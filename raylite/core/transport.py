@@ -1,8 +1,13 @@
 """ZeroMQ plumbing shared by every process: inboxes, a thread-safe outbox, authentication.
 
 Each process binds one ROUTER *inbox* and sends through DEALERs, one per destination,
-kept in an :class:`Outbox`. Sends are guarded by a lock so any thread (the notebook's,
-an actor's thread pool, the IO thread) may send without a hop through another thread.
+kept in an :class:`~raylite.core.outbox.Outbox` (any thread may send; a peer that does
+not read gets a bounded backlog and its producers are slowed, see there). Every socket
+made here has bounded send and receive high-water marks (:func:`socket_hwm`): ZeroMQ
+never queues without bound for a slow, stopped or dead peer. The head's event stream
+(XPUB/SUB) has its own, larger bound (:func:`event_hwm`): like any ZeroMQ PUB, it drops
+events for a subscriber that far behind rather than grow, where Ray's GCS pub/sub
+would buffer them.
 
 Security: every cluster has a secret *token* from its first second, also on loopback
 (``LocalCluster`` makes one when none is given). Every socket that listens is a ZeroMQ
@@ -28,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
-import threading
+import os
 
 import zmq
 
@@ -133,7 +138,7 @@ class Transport:
         """Bind an authenticating socket on the configured host (a random port unless
         given); returns it and the address peers should use."""
         sock = self.ctx.socket(sock_type)
-        _tune(sock)
+        _tune(sock, sock_type)
         host = self.bind_host
         advertised = _advertise(host)
         self.secure_server(sock, advertised)  # the mechanism its peers will pick
@@ -146,7 +151,7 @@ class Transport:
     def connect(self, addr: str, sock_type: int = zmq.DEALER) -> zmq.Socket:
         """Connect a socket to a peer's inbox, presenting the token's credentials."""
         sock = self.ctx.socket(sock_type)
-        _tune(sock)
+        _tune(sock, sock_type)
         self.secure_client(sock, addr)
         sock.connect(addr)
         return sock
@@ -156,9 +161,23 @@ class Transport:
         self.ctx.destroy(linger=linger_ms)
 
 
-def _tune(sock: zmq.Socket) -> None:
-    sock.sndhwm = 0
-    sock.rcvhwm = 0
+def socket_hwm() -> int:
+    """Messages a socket queues each way (``RAYLITE_SOCKET_HWM``, default 5000) before
+    a send to it returns EAGAIN (and the outbox backlogs it) or its peer stops reading
+    from the connection (TCP pushes back on the sender)."""
+    return max(1, int(os.environ.get("RAYLITE_SOCKET_HWM", "5000")))
+
+
+def event_hwm() -> int:
+    """Events the head's stream queues per subscriber (``RAYLITE_EVENT_HWM``, default
+    100000): a subscriber that falls further behind misses events (ZeroMQ PUB)."""
+    return max(1, int(os.environ.get("RAYLITE_EVENT_HWM", "100000")))
+
+
+def _tune(sock: zmq.Socket, sock_type: int) -> None:
+    hwm = event_hwm() if sock_type in (zmq.PUB, zmq.XPUB, zmq.SUB, zmq.XSUB) else socket_hwm()
+    sock.sndhwm = hwm
+    sock.rcvhwm = hwm
     sock.linger = 500
 
 
@@ -174,47 +193,3 @@ def _advertise(host: str) -> str:
         except OSError:
             return "127.0.0.1"
     return host
-
-
-class Outbox:
-    """Sends messages to addresses; one DEALER per destination, safe from any thread."""
-
-    def __init__(self, transport: Transport):
-        self._transport = transport
-        self._socks: dict[str, zmq.Socket] = {}
-        self._lock = threading.Lock()
-        self.closed = False
-
-    def send(self, addr: str, frames: list) -> None:
-        with self._lock:
-            if self.closed:
-                return
-            sock = self._socks.get(addr)
-            if sock is None:
-                sock = self._socks[addr] = self._transport.connect(addr)
-            # Never block: a socket whose peer died (or refused our token) has no pipe, and
-            # a blocking send would hang the caller. Such a socket may also be aimed at an
-            # address a new process now uses (ports get reused), so reconnect and try once
-            # more before giving up on the message.
-            for _attempt in (0, 1):
-                try:
-                    sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-                    return
-                except zmq.Again:
-                    sock.close(linger=0)
-                    sock = self._socks[addr] = self._transport.connect(addr)
-            log.debug("dropped a message to unreachable peer %s", addr)
-
-    def forget(self, addr: str) -> None:
-        """Drop the connection to a peer that died (its queued messages are discarded)."""
-        with self._lock:
-            sock = self._socks.pop(addr, None)
-            if sock is not None:
-                sock.close(linger=0)
-
-    def close(self, linger_ms: int = 200) -> None:
-        with self._lock:
-            self.closed = True
-            for sock in self._socks.values():
-                sock.close(linger=linger_ms)
-            self._socks.clear()

@@ -153,7 +153,10 @@ class Executor:
         return self.core.describe(value, oid)
 
     def reply(self, owner: str, body: dict) -> None:
+        """Send a task's result to its owner, first waiting while the owner's backlog is
+        full (back-pressure: an owner that does not read slows its workers down)."""
         body["t1"] = time.time()
+        self.core.outbox.throttle(owner)
         self.core.outbox.send(owner, P.encode(P.TASK_DONE, body))
 
     def error_reply(self, tid: bytes, name: str, e: BaseException) -> dict:
@@ -227,6 +230,7 @@ class Executor:
 
     def stream_item(self, tid: bytes, owner: str, index: int, value) -> None:
         desc = self.describe(value, return_id(tid, index + 1))
+        self.core.outbox.throttle(owner)  # a generator outrunning its reader waits here
         self.core.outbox.send(owner, P.encode(P.STREAM_ITEM, {
             "task_id": tid, "index": index, "desc": desc}))
 
