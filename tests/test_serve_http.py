@@ -154,6 +154,21 @@ def test_generator_return_value_streams(serve_url):
     serve.delete("count")
 
 
+def test_a_body_made_before_the_proxy_reads_it_arrives_whole(serve_url):
+    @serve.deployment(ray_actor_options=NO_CPU)
+    async def burst(request):
+        async def gen():  # never waits: the app is done before the rest is asked for
+            for i in range(5):
+                yield f"{i},"
+        from starlette.responses import StreamingResponse
+        return StreamingResponse(gen())
+
+    serve.run(burst.bind(), name="burst", route_prefix="/burst")
+    for _ in range(3):
+        assert get(f"{serve_url}/burst").text == "0,1,2,3,4,"
+    serve.delete("burst")
+
+
 def test_a_client_that_disconnects_cancels_its_request(serve_url):
     """Ray Serve's behaviour: when the HTTP client goes away, the request is cancelled
     and the handler (or the generator making a streamed body) sees CancelledError."""

@@ -103,36 +103,35 @@ def as_asgi(result):
 
 class Streams:
     """Bodies still being produced, by stream id: a queue of pieces for ``http_stream``
-    to drain, and the task producing them (kept until it ends, so the stream can be
-    cancelled whether or not its reader has started)."""
+    to drain and the task producing them, kept while it runs, so the stream can be
+    cancelled whether or not its reader has started."""
 
     UNREAD_S = 300.0  # a stream not taken by then is cancelled
 
     def __init__(self):
-        self._unread: dict[str, asyncio.Queue] = {}
-        self._tasks: dict[str, asyncio.Task] = {}
+        self._unread: dict[str, tuple[asyncio.Queue, asyncio.Task]] = {}
+        self._running: dict[str, asyncio.Task] = {}
         self._next = 0
 
     def open(self, task: asyncio.Task) -> tuple[str, asyncio.Queue]:
         self._next += 1
         sid = str(self._next)
         q: asyncio.Queue = asyncio.Queue()
-        self._unread[sid] = q
-        self._tasks[sid] = task
-        task.add_done_callback(lambda _: self._tasks.pop(sid, None))
+        self._unread[sid] = (q, task)
+        self._running[sid] = task
+        task.add_done_callback(lambda _: self._running.pop(sid, None))
         asyncio.get_running_loop().call_later(
             self.UNREAD_S, lambda: sid in self._unread and self.cancel(sid))
         return sid, q
 
     def take(self, sid: str) -> tuple[asyncio.Queue, asyncio.Task] | None:
-        q = self._unread.pop(sid, None)
-        task = self._tasks.get(sid)
-        return None if q is None or task is None else (q, task)
+        """The stream's queue and producer (which may have finished already)."""
+        return self._unread.pop(sid, None)
 
     def cancel(self, sid: str) -> bool:
         """Cancel the task producing a stream (read or not); False if it has ended."""
         self._unread.pop(sid, None)
-        task = self._tasks.pop(sid, None)
+        task = self._running.pop(sid, None)
         if task is not None:
             task.cancel()
         return task is not None
