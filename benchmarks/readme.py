@@ -17,6 +17,8 @@ STEP_PLOTS = [  # (file, caption) of the steps' own plots
                   "autoscaling decision time against window size (`serve.py`)"),
     ("scheduling.png", "Autoscaler decision time; placement groups and queued tasks "
                        "(`scheduling.py`)"),
+    ("train.png", "Train: one 2-worker DDP loop, raylite with and without torch preloaded, "
+                  "plain torch.distributed and Ray Train (`train.py`)"),
 ]
 SUITE_PLOTS = [
     ("ratios.png", "Every framework and the limit as times better than Ray (log scale)"),
@@ -67,6 +69,15 @@ WHAT = """\
   on a handle.
 - **scheduling** (`scheduling.py`): 100 one-bundle placement groups created, awaited,
   removed; 10,000 queued no-op tasks.
+- **train** (`train.py`): the same 2-worker DDP loop (MLP 64-512-512-1, gloo, 32,768
+  rows, batch 256, 3 epochs, a metrics-only report per step, a checkpoint per epoch) on a
+  fresh cluster: `fit()` from the call to its return, the time to rank 0's first report,
+  one report with a checkpoint, one metrics-only report. raylite's workers come from a
+  pool forked with torch already imported (`init(preload=["torch"])`; the driver imports
+  torch after `init`, as a notebook's later cell would); *fit() again*: a second `fit()`
+  on the same cluster, as a notebook running its training cell again. The limit is plain
+  torch.distributed started by `torch.multiprocessing.spawn`. `train.json` also has
+  raylite without preloading.
 - **limits** (`limits.py`): the floors of raylite's design on this machine. pyzmq
   DEALER/ROUTER over
   `tcp://127.0.0.1` between two processes (raylite's transport): one 64-byte message out

@@ -172,6 +172,36 @@ def scheduling_rows(reports: dict[str, Any]) -> list[Row]:
     return rows
 
 
+TRAIN_METRICS = (  # train.py's key, label, unit; plain torch.distributed is the floor
+    ("fit_s", "2-worker DDP fit(), 3 epochs", "s"),
+    ("first_report_s", "fit() -> first report", "s"),
+    ("refit_s", "fit() again, same cluster", "s"),
+    ("refirst_report_s", "fit() again -> first report", "s"),
+    ("ckpt_report_ms", "report with a checkpoint", "ms"),
+    ("metrics_report_ms", "metrics-only report", "ms"),
+)
+
+
+def train_rows(reports: dict[str, Any]) -> list[Row]:
+    results = reports.get("train", {}).get("results", {})
+
+    def stats(r: dict[str, Any], key: str) -> dict[str, float] | None:
+        if key not in r:
+            return None
+        runs = [run[key] for run in r.get("runs", [r])]
+        return _stats(r[key], min(runs), max(runs))
+
+    rows = []
+    for key, label, unit in TRAIN_METRICS:
+        values = {fw: s for fw in ("raylite", "ray") if (s := stats(results.get(fw, {}), key))}
+        # plain torch has nothing to do for a metrics-only report: no floor there
+        floor = None if key == "metrics_report_ms" else stats(results.get("torch", {}), key)
+        if values:
+            rows.append(Row("train", f"train_{key}", label, unit, False, values, floor,
+                            "plain torch.distributed (mp.spawn)"))
+    return rows
+
+
 def limit_rows(reports: dict[str, Any]) -> list[Row]:
     return [Row("limits", key, m["label"], m["unit"], m["higher_is_better"], {}, _limit(m))
             for key, m in reports.get("limits", {}).get("metrics", {}).items()]
@@ -179,7 +209,7 @@ def limit_rows(reports: dict[str, Any]) -> list[Row]:
 
 def build_rows(reports: dict[str, Any]) -> list[Row]:
     return (core_rows(reports) + object_rows(reports) + serve_rows(reports)
-            + scheduling_rows(reports) + limit_rows(reports))
+            + scheduling_rows(reports) + train_rows(reports) + limit_rows(reports))
 
 
 def curves(reports: dict[str, Any]) -> dict[str, dict[str, list[list[float]]]]:

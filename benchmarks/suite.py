@@ -20,6 +20,8 @@ its own, after a warm-up, as medians of repeats with min-max:
                   concurrency, beside Ray Serve (``serve.py``);
 - ``peers``       Dask distributed, ipyparallel and multiprocessing on the core and object
                   metrics (``peers.py``);
+- ``train``       one 2-worker DDP loop: raylite.train (with and without torch preloaded)
+                  beside plain torch.distributed, the floor, and Ray Train (``train.py``);
 - ``llm``         the LLM engine beside HF ``generate`` (static batching) and the model's
                   decode floor, in-process and over the OpenAI HTTP API (``llm.py``).
 
@@ -39,6 +41,7 @@ run this time (``--steps``) are taken from the JSON already in ``--out``, if any
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -56,16 +59,17 @@ from benchmarks._runner import python_has, run_streaming, terminate_on_sigterm, 
 from benchmarks.core import RESULTS, ROOT, _shown, machine_info  # noqa: E402
 from benchmarks.object_transfer import _git_describe  # noqa: E402
 
-STEPS = ("limits", "core", "objects", "scheduling", "serve", "peers", "llm")
+STEPS = ("limits", "core", "objects", "scheduling", "serve", "peers", "train", "llm")
 PEERS = ("ray", "dask", "ipyparallel", "multiprocessing")
 SCRIPTS = {"limits": "limits", "core": "core", "objects": "object_transfer",
-           "scheduling": "scheduling", "serve": "serve", "peers": "peers", "llm": "llm"}
+           "scheduling": "scheduling", "serve": "serve", "peers": "peers", "train": "train",
+           "llm": "llm"}
 RAY_CANDIDATES = [str(ROOT / ".bench-venv/bin/python"), "/work/rayvenv/bin/python"]
 QUICK_OUT = RESULTS / "quick"
 README = ROOT / "benchmarks" / "README.md"
 QUICK_OBJECT_MAX = 1 << 22
 TIMEOUT_S = {"limits": 300, "core": 1200, "objects": 2400, "scheduling": 1200,
-             "serve": 2400, "peers": 2400, "llm": 1800}
+             "serve": 2400, "peers": 2400, "train": 1800, "llm": 1800}
 QUICK_TIMEOUT_S = 300
 
 
@@ -99,6 +103,11 @@ def step_command(step: str, quick: bool, peers: tuple[str, ...], ray_python: str
         if quick:
             cmd += ["--seconds", "1", "--repeats", "1", "--replicas", "1", "--concurrency",
                     "1", "8", "--window-points", "10", "1000", "100000"]
+    if step == "train":
+        if importlib.util.find_spec("torch") is None:
+            return "torch is not installed (pip install 'raylite[torch]')"
+        if quick:  # raylite and its floor (and Ray when asked), not raylite unpreloaded
+            cmd += ["--only", "raylite", "torch", *(["ray"] if ray_python else [])]
     if step == "peers":
         names = [p for p in peers if p != "ray"]
         if not names:

@@ -3,14 +3,20 @@
 
 Run from the repository root:
 
-    python benchmarks/train.py [--quick] [--no-ray] [--ray-python PATH]
+    python benchmarks/train.py [--quick] [--no-ray] [--ray-python PATH] [--only NAME ...]
 
-The loop (issue #14): an MLP 64-512-512-1, gloo, 32,768 random rows (each rank takes
-its half), batch 256, 3 epochs, a metrics-only report every step and a checkpoint (the
-model's state dict) per epoch from rank 0. Each framework runs in a fresh subprocess
-(this script re-invokes itself with ``--worker --framework NAME``); every worker uses
-one torch thread. Measured, as the median of ``--repeats`` runs (``--quick``: 1 run of
-1 epoch):
+(also the ``train`` step of ``python -m benchmarks``). The loop (issue #14): an MLP
+64-512-512-1, gloo, 32,768 random rows (each rank takes its half), batch 256, 3 epochs, a
+metrics-only report every step and a checkpoint (the model's state dict) per epoch from
+rank 0; raylite and Ray Train run the very same function (``train_loop``). Each
+framework runs in a fresh subprocess (this script re-invokes itself with ``--worker
+--framework NAME``); every worker uses one torch thread. The driver imports torch after
+``init()``, as a notebook's later cell would, and the clock starts at ``fit()``.
+Frameworks: ``raylite`` (``init(preload=["torch"])``: the node imports torch in the
+background and its warm pool is forked with torch imported), ``raylite_cold`` (the same
+with ``preload=[]``: each worker imports torch itself, as before pre-warming), ``torch``
+and ``ray`` (the bench venv's interpreter, ``make bench-env``). Measured, as the median
+of ``--repeats`` runs (``--quick``: 1 run of 1 epoch):
 
 - ``fit_s``: wall time of ``fit()`` (for torch: of ``mp.spawn``), start-up included;
 - ``first_report_s``: from calling ``fit()`` to rank 0's first report (workers
@@ -44,7 +50,13 @@ from benchmarks._runner import python_has, run_json, write_json  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 ROWS, DIM, BATCH, WORKERS = 32768, 64, 256, 2
 WORKER_TIMEOUT_S = 600
-FRAMEWORKS = ("raylite", "torch", "ray")
+# Ray Train v2 holds one report per worker and its controller takes it every 2 s, so with
+# its defaults every report waits ~2 s (1.99 s measured here, 153 s for a 1-epoch fit);
+# measured with the poll interval lowered so the loop, not the poll, is what is timed
+RAY_POLL_S = 0.05
+FRAMEWORKS = ("raylite", "raylite_cold", "torch", "ray")
+TITLES = {"raylite": "raylite", "raylite_cold": "raylite, no preload", "torch": "torch",
+          "ray": "Ray Train"}
 
 
 # ------------------------------------------------------------------ the shared loop
@@ -73,41 +85,16 @@ def _steps(model, opt, x, y):
         yield float(loss)
 
 
-def raylite_loop(cfg):
+def train_loop(cfg):
+    """The loop under raylite.train or ray.train (``cfg["api"]``): the same calls in both."""
+    import importlib
+
+    warm = "torch._dynamo" in sys.modules  # DDP imports it: here already = preloaded
+
     import torch
 
-    from raylite import train
-    from raylite.train.torch import prepare_model
-
-    ctx = train.get_context()
-    rank = ctx.get_world_rank()
-    model, x, y = _model_and_data(rank, ctx.get_world_size())
-    model = prepare_model(model)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    first, metrics_s, ckpt_s = None, [], []
-    for epoch in range(cfg["epochs"]):
-        for loss in _steps(model, opt, x, y):
-            t = time.perf_counter()
-            train.report({"loss": loss})
-            metrics_s.append(time.perf_counter() - t)
-            first = first or time.time()
-        d = tempfile.mkdtemp()
-        ckpt = None
-        if rank == 0:
-            torch.save(model.module.state_dict(), os.path.join(d, "model.pt"))
-            ckpt = train.Checkpoint.from_directory(d)
-        t = time.perf_counter()
-        train.report({"epoch": epoch}, checkpoint=ckpt)
-        ckpt_s.append(time.perf_counter() - t)
-    train.report({"first": first, "metrics_s": statistics.median(metrics_s),
-                  "ckpt_s": statistics.median(ckpt_s)})
-
-
-def ray_loop(cfg):
-    import ray.train as rt
-    import torch
-    from ray.train.torch import prepare_model
-
+    rt = importlib.import_module(cfg["api"])
+    prepare_model = importlib.import_module(cfg["api"] + ".torch").prepare_model
     ctx = rt.get_context()
     rank = ctx.get_world_rank()
     model, x, y = _model_and_data(rank, ctx.get_world_size())
@@ -128,8 +115,11 @@ def ray_loop(cfg):
             t = time.perf_counter()
             rt.report({"epoch": epoch}, checkpoint=ckpt)
             ckpt_s.append(time.perf_counter() - t)
-    rt.report({"first": first, "metrics_s": statistics.median(metrics_s),
-               "ckpt_s": statistics.median(ckpt_s)})
+    if rank == 0:  # to a file, as the torch run does (Ray's Result keeps only the
+        # metrics of checkpoint reports)
+        with open(os.path.join(cfg["out"], "rank0.json"), "w") as f:
+            json.dump({"first": first, "metrics_s": statistics.median(metrics_s),
+                       "ckpt_s": statistics.median(ckpt_s), "preloaded": warm}, f)
 
 
 def _torch_worker(rank: int, world: int, port: int, epochs: int, out_dir: str):
@@ -159,69 +149,82 @@ def _torch_worker(rank: int, world: int, port: int, epochs: int, out_dir: str):
 
 
 # ------------------------------------------------------------------ one run each
-def run_raylite(epochs: int) -> dict:
-    import raylite
-    from raylite.train import RunConfig, ScalingConfig
-    from raylite.train.torch import TorchTrainer
+def run_trainer(name: str, epochs: int, fits: int) -> list[dict]:
+    """``fits`` fit()s, one after the other on one fresh 2-CPU cluster, under raylite
+    (``name`` "raylite": workers preloaded with torch; "raylite_cold": not) or Ray
+    Train ("ray")."""
+    import importlib
 
-    raylite.init(num_cpus=WORKERS)
+    if name == "ray":
+        import ray as core
+
+        api, opts = "ray.train", {"include_dashboard": False, "log_to_driver": False}
+    else:
+        import raylite as core
+
+        api, opts = "raylite.train", {"preload": ["torch"] if name == "raylite" else []}
+    train = importlib.import_module(api)
+    trainer_cls = importlib.import_module(api + ".torch").TorchTrainer
+    core.init(num_cpus=WORKERS, **opts)
+    out = []
     try:
-        import torch  # noqa: F401  (the driver imports it once, as a notebook has)
-        with tempfile.TemporaryDirectory() as d:
-            t0 = time.time()
-            r = TorchTrainer(raylite_loop, train_loop_config={"epochs": epochs},
-                             scaling_config=ScalingConfig(num_workers=WORKERS),
-                             run_config=RunConfig(name="bench", storage_path=d)).fit()
-            fit = time.time() - t0
-        m = r.metrics
-        return {"fit_s": fit, "first_report_s": m["first"] - t0,
-                "ckpt_report_ms": 1000 * m["ckpt_s"], "metrics_report_ms": 1000 * m["metrics_s"]}
+        import torch  # noqa: F401  (the driver imports it after init, as a notebook's cell)
+        for _ in range(fits):
+            with tempfile.TemporaryDirectory() as d:
+                t0 = time.time()
+                r = trainer_cls(train_loop,
+                                train_loop_config={"epochs": epochs, "api": api, "out": d},
+                                scaling_config=train.ScalingConfig(num_workers=WORKERS),
+                                run_config=train.RunConfig(name="bench", storage_path=d)).fit()
+                fit = time.time() - t0
+                assert r.checkpoint is not None, "no checkpoint was registered"
+                with open(os.path.join(d, "rank0.json")) as f:
+                    m = json.load(f)
+            out.append({"fit_s": fit, "first_report_s": m["first"] - t0,
+                        "ckpt_report_ms": 1000 * m["ckpt_s"],
+                        "metrics_report_ms": 1000 * m["metrics_s"],
+                        "preloaded": m["preloaded"]})
+        return out
     finally:
-        raylite.shutdown()
+        core.shutdown()
 
 
-def run_ray(epochs: int) -> dict:
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False)
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            t0 = time.time()
-            r = TorchTrainer(ray_loop, train_loop_config={"epochs": epochs},
-                             scaling_config=ScalingConfig(num_workers=WORKERS),
-                             run_config=RunConfig(name="bench", storage_path=d)).fit()
-            fit = time.time() - t0
-        m = r.metrics
-        return {"fit_s": fit, "first_report_s": m["first"] - t0,
-                "ckpt_report_ms": 1000 * m["ckpt_s"], "metrics_report_ms": 1000 * m["metrics_s"]}
-    finally:
-        ray.shutdown()
-
-
-def run_torch(epochs: int) -> dict:
+def run_torch(epochs: int, fits: int) -> list[dict]:
     import socket
 
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as d:
-        t0 = time.time()
-        mp.spawn(_torch_worker, args=(WORKERS, port, epochs, d), nprocs=WORKERS)
-        fit = time.time() - t0
-        with open(os.path.join(d, "rank0.json")) as f:
-            m = json.load(f)
-    return {"fit_s": fit, "first_report_s": m["first"] - t0,
-            "ckpt_report_ms": 1000 * m["ckpt_s"], "metrics_report_ms": 0.0}
+    out = []
+    for _ in range(fits):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with tempfile.TemporaryDirectory() as d:
+            t0 = time.time()
+            mp.spawn(_torch_worker, args=(WORKERS, port, epochs, d), nprocs=WORKERS)
+            fit = time.time() - t0
+            with open(os.path.join(d, "rank0.json")) as f:
+                m = json.load(f)
+        out.append({"fit_s": fit, "first_report_s": m["first"] - t0,
+                    "ckpt_report_ms": 1000 * m["ckpt_s"], "metrics_report_ms": 0.0})
+    return out
 
 
-def worker_main(name: str, epochs: int, repeats: int, out_path: str) -> None:
-    fn = {"raylite": run_raylite, "torch": run_torch, "ray": run_ray}[name]
-    runs = [fn(epochs) for _ in range(repeats)]
-    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+def one_run(name: str, epochs: int, fits: int) -> dict:
+    """A run's figures: its first fit's, and the next fit's as ``refit_s`` and
+    ``refirst_report_s`` (a notebook running its training cell again)."""
+    fit, *again = run_torch(epochs, fits) if name == "torch" else run_trainer(name, epochs,
+                                                                               fits)
+    if again:
+        fit |= {"refit_s": again[0]["fit_s"], "refirst_report_s": again[0]["first_report_s"],
+                "refit_preloaded": again[0].get("preloaded")}
+    return fit
+
+
+def worker_main(name: str, epochs: int, repeats: int, fits: int, out_path: str) -> None:
+    runs = [one_run(name, epochs, fits) for _ in range(repeats)]
+    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]
+           if not k.endswith("preloaded")}
     version = "?"
     try:
         if name == "ray":
@@ -236,10 +239,13 @@ def worker_main(name: str, epochs: int, repeats: int, out_path: str) -> None:
 
 
 # ------------------------------------------------------------------ the driver
-def measure(name: str, python: str, epochs: int, repeats: int) -> dict[str, Any]:
+def measure(name: str, python: str, epochs: int, repeats: int, fits: int,
+            ray_poll_s: float | None = None) -> dict[str, Any]:
     cmd = [python, str(Path(__file__).resolve()), "--worker", "--framework", name,
-           "--epochs", str(epochs), "--repeats", str(repeats)]
+           "--epochs", str(epochs), "--repeats", str(repeats), "--fits", str(fits)]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    if name == "ray" and ray_poll_s is not None:
+        env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(ray_poll_s)
     return run_json(cmd, timeout_s=WORKER_TIMEOUT_S, env=env, cwd=ROOT, echo=None)
 
 
@@ -250,14 +256,21 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [n for n in FRAMEWORKS if "fit_s" in results.get(n, {})]
+    if not names:
+        return
     metrics = [("fit_s", "fit() (s)"), ("first_report_s", "first report (s)"),
+               ("refit_s", "fit() again (s)"), ("refirst_report_s", "first report again (s)"),
                ("ckpt_report_ms", "checkpoint report (ms)"),
                ("metrics_report_ms", "metrics-only report (ms)")]
-    fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
-    colors = {"raylite": "#4e79a7", "torch": "#59a14f", "ray": "#f28e2b"}
+    metrics = [m for m in metrics if any(m[0] in results[n] for n in names)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics), 3.4))
+    colors = {"raylite": "#4e79a7", "raylite_cold": "#a0cbe8", "torch": "#59a14f",
+              "ray": "#f28e2b"}
     for ax, (key, title) in zip(axes, metrics, strict=True):
-        vals = [results[n][key] for n in names]
-        ax.bar(names, vals, color=[colors[n] for n in names])
+        vals = [results[n].get(key, 0.0) for n in names]
+        ax.bar([TITLES[n].replace(", ", ",\n") for n in names], vals,
+               color=[colors[n] for n in names])
+        ax.tick_params(axis="x", labelsize=8)
         for i, v in enumerate(vals):
             ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
         ax.set_title(title, fontsize=10)
@@ -268,15 +281,49 @@ def plot(results: dict, path: Path) -> None:
 
 
 def table(results: dict) -> str:
-    lines = [f"{'framework':<10} {'fit s':>8} {'first s':>8} {'ckpt ms':>9} {'metrics ms':>11}"]
+    lines = [f"{'framework':<20} {'fit s':>7} {'first s':>7} {'refit s':>7} {'first s':>7} "
+             f"{'ckpt ms':>8} {'metrics ms':>10}  workers preloaded (fit, refit)"]
     for n in FRAMEWORKS:
         r = results.get(n, {})
         if "fit_s" not in r:
-            lines.append(f"{n:<10} {r.get('skipped', 'not run')}")
+            lines.append(f"{TITLES[n]:<20} {r.get('skipped', 'not run')}")
             continue
-        lines.append(f"{n:<10} {r['fit_s']:8.2f} {r['first_report_s']:8.2f} "
-                     f"{r['ckpt_report_ms']:9.2f} {r['metrics_report_ms']:11.3f}")
+        again = [f"{r[k]:7.2f}" if k in r else f"{'-':>7}" for k in ("refit_s",
+                                                                        "refirst_report_s")]
+        warm = ", ".join(f"{sum(bool(x.get(k)) for x in r['runs'])}/{len(r['runs'])}"
+                         for k in ("preloaded", "refit_preloaded") if k in r["runs"][0])
+        lines.append(f"{TITLES[n]:<20} {r['fit_s']:7.2f} {r['first_report_s']:7.2f} "
+                     f"{' '.join(again)} {r['ckpt_report_ms']:8.2f} "
+                     f"{r['metrics_report_ms']:10.3f}  {warm}")
     return "\n".join(lines)
+
+
+def find_ray_train(explicit: str | None) -> str | None:
+    """The interpreter with Ray Train: ``explicit``, else ``$RAY_PYTHON``, else found."""
+    explicit = explicit or os.environ.get("RAY_PYTHON")
+    candidates = [explicit] if explicit else [str(ROOT / ".bench-venv/bin/python"),
+                                              "/work/rayvenv/bin/python", sys.executable]
+    return next((p for p in candidates if python_has(p, "ray.train.torch")), None)
+
+
+def compare(results: dict) -> dict[str, float]:
+    """raylite against the floor (plain torch), Ray Train and itself without preloading."""
+    r = {n: results.get(n, {}) for n in FRAMEWORKS}
+    out = {}
+    if "fit_s" in r["raylite"] and "fit_s" in r["torch"]:
+        out["fit_vs_torch"] = r["raylite"]["fit_s"] / r["torch"]["fit_s"]
+        out["first_report_minus_torch_s"] = (r["raylite"]["first_report_s"]
+                                             - r["torch"]["first_report_s"])
+    if "fit_s" in r["raylite"] and "fit_s" in r["ray"]:
+        out["ray_fit_vs_raylite"] = r["ray"]["fit_s"] / r["raylite"]["fit_s"]
+        out["ray_first_report_vs_raylite"] = (r["ray"]["first_report_s"]
+                                              / r["raylite"]["first_report_s"])
+    if "fit_s" in r["raylite"] and "fit_s" in r["raylite_cold"]:
+        for key in ("first_report_s", "refirst_report_s"):
+            if key in r["raylite"]:
+                out[f"{key[:-2]}_saved_by_preload_s"] = (r["raylite_cold"][key]
+                                                         - r["raylite"][key])
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -284,8 +331,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="1 run of 1 epoch")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--fits", type=int, default=2, choices=(1, 2),
+                   help="fits per cluster: 2 also measures fit() run again (refit_s)")
     p.add_argument("--no-ray", action="store_true")
     p.add_argument("--ray-python", help="an interpreter with ray[train] and torch")
+    p.add_argument("--ray-poll-s", type=float, default=RAY_POLL_S,
+                   help="Ray Train's controller poll interval (RAY_TRAIN_HEALTH_CHECK_"
+                        "INTERVAL_S; Ray's default: 2 s, which every report waits for)")
+    p.add_argument("--only", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS),
+                   help="which frameworks to measure (default: all)")
     p.add_argument("--json", default=str(RESULTS / "train.json"))
     p.add_argument("--png", default=str(RESULTS / "train.png"))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -297,28 +351,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
     if a.worker:
-        worker_main(a.framework, a.epochs, a.repeats, a.out)
+        worker_main(a.framework, a.epochs, a.repeats, a.fits, a.out)
         return
-    epochs, repeats = (1, 1) if a.quick else (a.epochs, a.repeats)
+    epochs, repeats, fits = (1, 1, 1) if a.quick else (a.epochs, a.repeats, a.fits)
     results: dict[str, Any] = {}
     for name in FRAMEWORKS:
         python = sys.executable
+        if name not in a.only:
+            results[name] = {"skipped": "not requested"}
+            continue
         if name == "ray":
-            python = a.ray_python or os.environ.get("RAY_PYTHON") or next(
-                (p for p in (str(ROOT / ".bench-venv/bin/python"), "/work/rayvenv/bin/python",
-                             sys.executable) if python_has(p, "ray.train")), None)
-            if a.no_ray or python is None:
-                results[name] = {"skipped": "Ray Train not installed (make bench-env)"
-                                 if not a.no_ray else "--no-ray"}
+            python = None if a.no_ray else find_ray_train(a.ray_python)
+            if python is None:
+                results[name] = {"skipped": "--no-ray" if a.no_ray else
+                                 "Ray Train not installed (make bench-env)"}
                 continue
         print(f"== {name}", flush=True)
-        results[name] = measure(name, python, epochs, repeats)
-    torch_r, rl = results.get("torch", {}), results.get("raylite", {})
-    ratios = {}
-    if "fit_s" in torch_r and "fit_s" in rl:
-        ratios = {"fit_vs_torch": rl["fit_s"] / torch_r["fit_s"],
-                  "first_report_minus_torch_s": rl["first_report_s"] - torch_r["first_report_s"]}
+        results[name] = measure(name, python, epochs, repeats, fits, a.ray_poll_s)
+    ratios = compare(results)
     report = {"benchmark": "train", "quick": a.quick, "epochs": epochs, "repeats": repeats,
+              "fits": fits, "ray_train_health_check_interval_s": a.ray_poll_s,
               "loop": {"rows": ROWS, "dim": DIM, "batch": BATCH, "workers": WORKERS},
               "machine": {"date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(),
                           "loadavg": os.getloadavg()},
@@ -327,9 +379,8 @@ def main(argv: list[str] | None = None) -> None:
                           "ckpt_report_ms": 50, "metrics_report_ms": 1}}
     write_json(a.json, report)
     print(table(results))
-    if ratios:
-        print(f"raylite fit / torch fit = {ratios['fit_vs_torch']:.2f}x; first report "
-              f"{ratios['first_report_minus_torch_s']:+.2f} s vs torch")
+    for key, v in ratios.items():
+        print(f"{key} = {v:.3f}")
     try:
         plot(results, Path(a.png))
         print(f"saved {a.json} and {a.png}")

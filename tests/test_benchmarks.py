@@ -57,11 +57,11 @@ def test_quick_mode(tmp_path):
     assert summary["frameworks"] == ["raylite"]  # no peers asked for
 
     steps = summary["steps"]
-    for step in ("limits", "core", "objects", "scheduling"):
+    for step in ("limits", "core", "objects", "scheduling", "train"):
         assert steps[step]["status"] == "ok", (step, steps[step])
     assert steps["serve"]["status"] == ("ok" if shutil.which("wrk") else "skipped")
     assert steps["peers"]["status"] == "skipped"
-    for name in ("limits", "core", "object_transfer", "scheduling"):
+    for name in ("limits", "core", "object_transfer", "scheduling", "train"):
         assert (out / f"{name}.json").exists()
 
     rows = {r["key"]: r for r in summary["rows"]}
@@ -80,11 +80,14 @@ def test_quick_mode(tmp_path):
         assert _positive(rows[key]["values"]["raylite"])
     if steps["serve"]["status"] == "ok":
         assert _positive(rows["http_rps"]["values"]["raylite"])
+    for key in ("train_fit_s", "train_first_report_s", "train_ckpt_report_ms"):
+        assert _positive(rows[key]["values"]["raylite"]) and _positive(rows[key]["limit"])
+    assert _positive(rows["train_metrics_report_ms"]["values"]["raylite"])
 
     readme = (out / "README.md").read_text()
     assert "| metric | raylite | limit | raylite vs Ray |" in readme
     assert "sync task round trip" in readme
-    for png in ("values.png", "objects.png"):
+    for png in ("values.png", "objects.png", "train.png"):
         assert (out / png).stat().st_size > 0, png
         assert f"({png})" in readme
 
