@@ -3,7 +3,8 @@
 #   make test   set everything up, then run the tests
 #
 # Setup is idempotent: .venv/.stamp is rebuilt only when pyproject.toml changes.
-# torch is always pinned to exactly torch==2.13.0 (never unpinned).
+# torch is always pinned to exactly torch==2.13.0 (never unpinned). The [ray] extra (Ray
+# 2.53) is for the Ray-backend tests (tests/ray_backend/).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -17,8 +18,8 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo "installing raylite[all,dev] and $(TORCH) into $(VENV) ..."
-	@$(PY) -m pip install -q -e ".[all,dev]" "$(TORCH)"
+	@echo "installing raylite[all,dev,ray] and $(TORCH) into $(VENV) ..."
+	@$(PY) -m pip install -q -e ".[all,dev,ray]" "$(TORCH)"
 	@touch $@
 
 # (--allow-root only where JupyterLab would otherwise refuse: containers running as root)

@@ -1,7 +1,8 @@
 """raylite: a small, fast, Jupyter-first re-creation of Ray on ZeroMQ.
 
 ``import raylite as ray`` runs ordinary Ray Core code: ``ray.init()``, ``@ray.remote``,
-``.remote()``, ``ray.get/put/wait``, actors, named actors, cancellation.
+``.remote()``, ``ray.get/put/wait``, actors, named actors, cancellation; on raylite's own
+runtime or, with ``init(backend="ray")``, on a Ray cluster (:mod:`raylite.core.seam`).
 
 The names below are imported on first use (PEP 562), so the runtime's own processes
 (head, node agents), which import ``raylite.core.*`` and so this package first, start
@@ -16,11 +17,12 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _API = "raylite.core.api"
+_SEAM = "raylite.core.seam"  # the functions each backend implements (own runtime or Ray)
 _WHERE = {
-    "init": _API, "shutdown": _API, "is_initialized": _API, "remote": _API, "get": _API,
-    "put": _API, "wait": _API, "cancel": _API, "kill": _API, "get_actor": _API,
-    "nodes": _API, "cluster_resources": _API, "available_resources": _API,
-    "get_runtime_context": _API, "get_gpu_ids": _API, "RayliteContext": _API,
+    "init": _SEAM, "shutdown": _SEAM, "is_initialized": _API, "remote": _API, "get": _SEAM,
+    "put": _SEAM, "wait": _SEAM, "cancel": _SEAM, "kill": _SEAM, "get_actor": _SEAM,
+    "nodes": _SEAM, "cluster_resources": _SEAM, "available_resources": _SEAM,
+    "get_runtime_context": _SEAM, "get_gpu_ids": _SEAM, "RayliteContext": _API,
     "RuntimeContext": _API,
     "method": "raylite.core.actor", "ActorClass": "raylite.core.actor",
     "ActorHandle": "raylite.core.actor",
@@ -58,9 +60,10 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from raylite import autoscaler, cluster_utils, exceptions, serve, util, widgets
     from raylite.core.actor import ActorClass, ActorHandle, method
-    from raylite.core.api import (
-        RayliteContext,
-        RuntimeContext,
+    from raylite.core.api import RayliteContext, RuntimeContext, is_initialized, remote
+    from raylite.core.object_ref import ObjectRef, ObjectRefGenerator
+    from raylite.core.remote_function import RemoteFunction
+    from raylite.core.seam import (
         available_resources,
         cancel,
         cluster_resources,
@@ -69,14 +72,10 @@ if TYPE_CHECKING:
         get_gpu_ids,
         get_runtime_context,
         init,
-        is_initialized,
         kill,
         nodes,
         put,
-        remote,
         shutdown,
         wait,
     )
-    from raylite.core.object_ref import ObjectRef, ObjectRefGenerator
-    from raylite.core.remote_function import RemoteFunction
     from raylite.util.state import timeline

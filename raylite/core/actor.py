@@ -6,7 +6,7 @@ import inspect
 import sys
 
 from raylite.core import options as opt
-from raylite.core import serialization
+from raylite.core import runtime, serialization
 from raylite.core import serialization as ser
 from raylite.core.lifecycle import require_core
 
@@ -84,7 +84,8 @@ class ActorClass:
         return _BoundActorClass(self, opt.validate(merged, for_actor=True))
 
     def remote(self, *args, **kwargs) -> ActorHandle:
-        return self._create(args, kwargs, self._options)
+        # the backend's creation (raylite's own: _create below; Ray's: a Ray actor)
+        return runtime.backend.create_actor(self, args, kwargs, self._options)
 
     def _cls_bytes(self) -> bytes:
         if self._pickled is None:
@@ -147,7 +148,7 @@ class _BoundActorClass:
         self._options = options
 
     def remote(self, *args, **kwargs) -> ActorHandle:
-        return self._actor_class._create(args, kwargs, self._options)
+        return runtime.backend.create_actor(self._actor_class, args, kwargs, self._options)
 
 
 class ActorHandle:

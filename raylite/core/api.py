@@ -68,12 +68,14 @@ def get(refs, *, timeout: float | None = None, progress: bool = False):
     lst, single = _as_list(refs, "get")
     core = require_core()
     if progress and len(lst) > 1:
-        _progress_wait(core, lst, timeout)
+        progress_wait(lambda pending: core.wait(pending, 1, timeout), lst)
     values = core.get(lst, timeout)
     return values[0] if single else values
 
 
-def _progress_wait(core, refs, timeout) -> None:
+def progress_wait(wait_one, refs: list) -> None:
+    """Show a progress bar (tqdm, when installed) until ``refs`` are ready;
+    ``wait_one(pending) -> (ready, not_ready)`` waits for one (each backend's own)."""
     try:
         from tqdm.auto import tqdm
     except ImportError:
@@ -81,7 +83,7 @@ def _progress_wait(core, refs, timeout) -> None:
     pending = list(refs)
     with tqdm(total=len(refs), desc="raylite.get") as bar:
         while pending:
-            ready, pending = core.wait(pending, 1, timeout)
+            ready, pending = wait_one(pending)
             if not ready:
                 break
             bar.update(len(ready))

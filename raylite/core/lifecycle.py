@@ -244,8 +244,9 @@ def is_initialized() -> bool:
 
 
 def auto_init():
-    """``init()`` with the defaults, for a first call that needs a cluster (as Ray)."""
-    init()
+    """``init()`` with the defaults, for a first call that needs a cluster (as Ray), on
+    this process's backend (raylite's own unless ``RAYLITE_BACKEND`` says otherwise)."""
+    runtime.backend.init(None)
     return runtime.core
 
 

@@ -44,7 +44,8 @@ class RemoteFunction:
         return _BoundOptions(self, opt.validate(merged, for_actor=False))
 
     def remote(self, *args, **kwargs):
-        return self._submit(args, kwargs, self._options, self._spec)
+        # the backend's submission (raylite's own: _submit below; Ray's: ray's .remote)
+        return runtime.backend.submit_task(self, args, kwargs, self._options, self._spec)
 
     def _fn_bytes(self) -> bytes:
         if self._pickled is None:
@@ -84,4 +85,4 @@ class _BoundOptions:
         self._spec = opt.lease_spec(options)
 
     def remote(self, *args, **kwargs):
-        return self._fn._submit(args, kwargs, self._options, self._spec)
+        return runtime.backend.submit_task(self._fn, args, kwargs, self._options, self._spec)

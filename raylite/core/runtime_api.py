@@ -15,7 +15,12 @@ functions that need a connection raise RuntimeError without one.
   :func:`start_cluster` and :func:`query_nodes` (a cluster without joining it)
 - objects and tasks: :func:`owned_objects`, :func:`stored_objects`,
   :func:`flush_task_events`
-- events: :class:`EventSubscription`, a socket of its own on the head's event stream
+- events: :func:`subscribe_events` (:class:`EventSubscription`, a socket of its own on
+  the head's event stream, on raylite's own runtime)
+
+The cluster, object and event functions go to the backend this process uses
+(``runtime.backend``): on Ray they read Ray's state API, and those with no Ray
+equivalent (adding and removing raylite nodes, the autoscaler's reports) are raylite's.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from raylite.core import driver, runtime, store
+from raylite.core import driver, runtime
 from raylite.core import protocol as P
 from raylite.core.driver import LocalCluster, new_session_id
 from raylite.core.object_ref import new_id
@@ -31,8 +36,8 @@ from raylite.core.object_ref import new_id
 __all__ = ["current", "is_initialized", "add_shutdown_hook", "remove_shutdown_hook",
            "cluster_state", "cluster_nodes", "remove_node", "report_autoscaler",
            "local_cluster", "start_cluster", "query_nodes", "owned_objects",
-           "stored_objects", "flush_task_events", "EventSubscription", "EVENT_TOPICS",
-           "LocalCluster"]
+           "stored_objects", "flush_task_events", "subscribe_events", "run_shutdown_hooks",
+           "EventSubscription", "EVENT_TOPICS", "LocalCluster"]
 
 # the event stream's topics, by name
 EVENT_TOPICS = {"node": P.EV_NODE, "task": P.EV_TASK, "actor": P.EV_ACTOR,
@@ -70,38 +75,38 @@ def remove_shutdown_hook(fn: Callable[[], None]) -> None:
 
 
 # ------------------------------------------------------------------ the cluster
+# The state functions below are the backend's (``runtime.backend``): raylite's own asks
+# its head, Ray's reads Ray's state API (:mod:`raylite.core.own_backend`,
+# ``raylite.backends.ray_backend``).
 def cluster_state(*sections: str, limit: int | None = None, session=None,
                   timeout: float | None = 30.0) -> dict:
-    """The head's state sections (nodes, workers, actors, placement_groups, tasks,
-    demand, autoscaler; all when none is named) in one round trip. Given ``session``
-    (from :func:`current`) it gives up as soon as that session ends."""
-    body = {"sections": list(sections)}
-    if limit:
-        body["limit"] = limit
-    if session is None:
-        return _connected().request_head(P.GET_STATE, body, timeout)
-    return session.request_head(P.GET_STATE, body, timeout,
-                                abort=lambda: runtime.core is not session)
+    """The cluster's state sections (nodes, workers, actors, placement_groups, tasks,
+    demand, autoscaler; all when none is named) in one round trip, as raylite's records.
+    Given ``session`` (from :func:`current`) it gives up as soon as that session ends."""
+    return runtime.backend.cluster_state(*sections, limit=limit, session=session,
+                                         timeout=timeout)
 
 
 def cluster_nodes(session=None) -> list[dict]:
-    """The head's node records (id, address, alive, resources, available, labels)."""
-    return _connected(session).request_head(P.CLUSTER_INFO, {})["nodes"]
+    """The node records (id, address, alive, resources, available, labels)."""
+    return runtime.backend.cluster_nodes(session)
 
 
 def remove_node(node_id: str, timeout: float = 10.0) -> bool:
-    """Take a node out at the head now (marked dead, its agent told to stop)."""
+    """Take a node out at the head now (marked dead, its agent told to stop); raylite's
+    own runtime only (the autoscaler's local provider)."""
     return _connected().request_head(P.REMOVE_NODE, {"node_id": node_id}, timeout=timeout)
 
 
 def report_autoscaler(status: dict, decisions: list) -> None:
-    """Store the autoscaler's status at the head and publish its decisions."""
+    """Store the autoscaler's status at the head and publish its decisions (raylite's
+    own runtime only)."""
     _connected().send_head(P.AUTOSCALER_REPORT, {"status": status, "decisions": decisions})
 
 
 def local_cluster() -> LocalCluster | None:
     """The cluster (head and node agents) that ``init()`` started in this process, or
-    None (connected to one started elsewhere, or not initialized)."""
+    None (connected to one started elsewhere, to Ray, or not initialized)."""
     return driver._State.cluster
 
 
@@ -120,21 +125,38 @@ def query_nodes(address: str, token: str | None) -> list[dict]:
 # ------------------------------------------------------------------ objects and tasks
 def owned_objects(session=None) -> list[dict]:
     """The objects this process owns or borrows (state API records)."""
-    return _connected(session).owned_objects()
+    return runtime.backend.owned_objects(session)
 
 
 def stored_objects(session=None) -> list[dict]:
-    """The object files in the stores of this host's nodes."""
-    return store.stored_objects(_connected(session).session)
+    """The objects in the stores of this host's nodes (on Ray: Ray's object list)."""
+    return runtime.backend.stored_objects(session)
 
 
 def flush_task_events(session=None) -> None:
     """Send this process's task records to the head now (a list of tasks right after a
     ``get`` sees them end)."""
-    _connected(session).flush_task_events()
+    runtime.backend.flush_task_events(session)
 
 
 # ------------------------------------------------------------------ events
+def subscribe_events(topics: list[str], session=None):
+    """A subscription to the cluster's event stream (``recv``, ``ping``, ``synced``,
+    ``ended``, ``close``, as :class:`EventSubscription`): raylite's head publishes
+    events; on Ray they are derived by polling Ray's state API."""
+    return runtime.backend.subscribe_events(topics, session)
+
+
+def run_shutdown_hooks() -> None:
+    """Run (and keep) the hooks of :func:`add_shutdown_hook`; a failing hook is ignored
+    (the Ray backend's ``shutdown`` calls it, raylite's own runs them itself)."""
+    for hook in list(driver._State.shutdown_hooks):
+        try:
+            hook()
+        except Exception:
+            pass
+
+
 class EventSubscription:
     """A subscriber socket on the head's event stream, for one reading thread.
 

@@ -21,7 +21,10 @@ from raylite.core import runtime, scheduler
 from raylite.core.object_ref import new_id
 
 __all__ = ["PlacementGroup", "placement_group", "remove_placement_group",
-           "get_placement_group", "placement_group_table", "get_current_placement_group"]
+           "get_placement_group", "placement_group_table", "get_current_placement_group",
+           "own_create_placement_group", "own_remove_placement_group",
+           "own_get_placement_group", "own_placement_group_table",
+           "own_get_current_placement_group"]
 
 
 def _core():
@@ -166,13 +169,46 @@ def _validate(bundles, strategy: str, bundle_label_selector) -> None:
 
 def placement_group(bundles: list[dict], strategy: str = "PACK", name: str = "",
                     lifetime: str | None = None, _max_cpu_fraction_per_node=None,
-                    bundle_label_selector: list[dict] | None = None) -> PlacementGroup:
+                    bundle_label_selector: list[dict] | None = None):
     """Reserve ``bundles`` with ``strategy``; returns at once (use ``.ready()`` or
     ``.wait()``). ``lifetime="detached"`` keeps the group after its creator exits;
-    otherwise it is removed with its creator (as Ray does with the job)."""
+    otherwise it is removed with its creator (as Ray does with the job). On the Ray
+    backend this is Ray's placement group (a ``ray.util.PlacementGroup``)."""
     _validate(bundles, strategy, bundle_label_selector)
     if lifetime not in (None, "detached"):
         raise ValueError("lifetime must be None or 'detached'")
+    return runtime.backend.placement_group(bundles, strategy, name, lifetime,
+                                           bundle_label_selector)
+
+
+def remove_placement_group(placement_group) -> None:
+    """Remove the group: its reservations are freed, and the tasks and actors running in
+    it are killed (as in Ray)."""
+    runtime.backend.remove_placement_group(placement_group)
+
+
+def get_placement_group(placement_group_name: str):
+    """The live placement group named ``placement_group_name``; ValueError if none."""
+    return runtime.backend.get_placement_group(placement_group_name)
+
+
+def placement_group_table(placement_group=None) -> dict:
+    """Ray's table: ``{pg_id: {placement_group_id, name, strategy, state, bundles,
+    bundles_to_node_id, ...}}``, or one group's entry when ``placement_group`` is given."""
+    return runtime.backend.placement_group_table(placement_group)
+
+
+def get_current_placement_group():
+    """The group the current task or actor runs in, or None (also in the driver)."""
+    return runtime.backend.get_current_placement_group()
+
+
+# ----------------------------------------------------------- raylite's own runtime
+# (what ``runtime.backend`` holds for it: raylite.core.own_backend)
+def own_create_placement_group(bundles: list[dict], strategy: str, name: str,
+                               lifetime: str | None,
+                               bundle_label_selector: list[dict] | None) -> PlacementGroup:
+    """Ask raylite's head to place a group (arguments already checked)."""
     core = _core()
     pg_id = new_id().hex()
     spec = {"pg_id": pg_id, "bundles": [dict(b) for b in bundles], "strategy": strategy,
@@ -183,14 +219,11 @@ def placement_group(bundles: list[dict], strategy: str = "PACK", name: str = "",
     return PlacementGroup(pg_id, spec["bundles"], strategy, name)
 
 
-def remove_placement_group(placement_group: PlacementGroup) -> None:
-    """Remove the group: its reservations are freed, and the tasks and actors running in
-    it are killed (as in Ray)."""
+def own_remove_placement_group(placement_group: PlacementGroup) -> None:
     _core().request_head(P.REMOVE_PG, {"pg_id": placement_group.id.hex()})
 
 
-def get_placement_group(placement_group_name: str) -> PlacementGroup:
-    """The live placement group named ``placement_group_name``; ValueError if none."""
+def own_get_placement_group(placement_group_name: str) -> PlacementGroup:
     info = _core().request_head(P.GET_PG, {"name": placement_group_name})
     if not info:
         raise ValueError(f"Failed to look up placement group with name "
@@ -200,9 +233,7 @@ def get_placement_group(placement_group_name: str) -> PlacementGroup:
                           info["name"])
 
 
-def placement_group_table(placement_group: PlacementGroup | None = None) -> dict:
-    """Ray's table: ``{pg_id: {placement_group_id, name, strategy, state, bundles,
-    bundles_to_node_id, ...}}``, or one group's entry when ``placement_group`` is given."""
+def own_placement_group_table(placement_group: PlacementGroup | None = None) -> dict:
     from raylite.util.state import get_state
 
     groups = get_state("placement_groups")["placement_groups"]
@@ -218,7 +249,6 @@ def placement_group_table(placement_group: PlacementGroup | None = None) -> dict
     return table
 
 
-def get_current_placement_group() -> PlacementGroup | None:
-    """The group the current task or actor runs in, or None (also in the driver)."""
+def own_get_current_placement_group() -> PlacementGroup | None:
     pg = runtime.task_context.placement_group
     return PlacementGroup(pg[0]) if pg else None

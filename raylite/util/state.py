@@ -222,7 +222,7 @@ class EventStream:
         self.queue: queue.Queue = queue.Queue(maxsize)
         self.dropped = 0
         self._stop = threading.Event()
-        self._sub = runtime_api.EventSubscription(topics, core)  # closed by the thread
+        self._sub = runtime_api.subscribe_events(topics, core)  # closed by the thread
         self._thread = threading.Thread(target=self._run, name="raylite-events", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10.0  # ZeroMQ's slow joiner: wait until we hear

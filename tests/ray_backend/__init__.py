@@ -1,0 +1,1 @@
+"""The Ray-backend tests (a package, so its fixtures can be package-scoped)."""
