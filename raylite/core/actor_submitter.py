@@ -6,7 +6,9 @@ before it was sent. The actor's address comes from the head (GET_ACTOR_INFO, the
 EV_ACTOR events). When the actor restarts, calls in flight are retried while they have
 ``max_task_retries`` left and fail otherwise; when it is dead, every call fails with
 its error. ``max_pending_calls`` refuses a call while that many from here are
-unfinished. An actor created here without a name ends when its last handle anywhere is
+unfinished. Back-pressure (``Outbox``): a caller blocks while the outbox backlog to the
+actor is full, and queued calls are held back here (sent at a later tick) rather than
+overfill it. An actor created here without a name ends when its last handle anywhere is
 gone (its handle count is an ``("actor", id)`` entry of the reference table). Part of
 the CoreWorker (``self`` is it); lock held unless said otherwise.
 """
@@ -48,6 +50,7 @@ class ActorSubmitterPart:
 
     def _init_actor_submitter(self) -> None:
         self._actors: dict[bytes, ActorState] = {}
+        self._held_actors: set[ActorState] = set()  # calls held back: the outbox is full
 
     def create_actor(self, spec: dict, args, kwargs, max_task_retries: int):
         """Ask the head to create an actor; named actors wait for the head's answer."""
@@ -133,6 +136,9 @@ class ActorSubmitterPart:
                 self._request_actor_info(a)
             return
         while a.queue and a.queue[0].pending == 0:
+            if self.outbox.full(a.addr):  # back-pressure: the rest wait here, in order
+                self._held_actors.add(a)
+                return
             t = a.queue.popleft()
             if t.cancelled:
                 continue
@@ -157,6 +163,17 @@ class ActorSubmitterPart:
                 self._apply_actor_state(a, info)
         self._new_request(body, on_info)
         self.send_head(P.GET_ACTOR_INFO, body)
+
+    def _pump_held_actors(self) -> None:
+        """IO thread, every tick: send the calls held back while the outbox backlog to
+        their actor was full, once it has room (or the actor is gone)."""
+        with self._lock:
+            for a in list(self._held_actors):
+                if a.state != "ALIVE":  # its calls were retried or failed meanwhile
+                    self._held_actors.discard(a)
+                elif not self.outbox.full(a.addr):
+                    self._held_actors.discard(a)
+                    self._pump_actor(a)
 
     def _apply_actor_state(self, a: ActorState, info: dict) -> None:
         state = info["state"]

@@ -243,6 +243,8 @@ class CoreWorker(ReferencesPart, ObjectsPart, TasksPart, TaskSubmitterPart,
 
     def _tick(self, now: float) -> None:
         self._tick_leases(now)
+        if self._held_actors:
+            self._pump_held_actors()
         self._maybe_flush_task_events(now)
         if self.mode == "driver" and now - self._last_heartbeat > HEARTBEAT_S:
             self._last_heartbeat = now

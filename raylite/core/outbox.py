@@ -29,9 +29,11 @@ A message to a peer goes
    keeps at most ``RAYLITE_PIPELINE_DEPTH`` in flight per leased worker, the rest wait
    in its task queue, as in Ray.) The threads that must never block
    (``never_block``: a process's IO loop, which is what reads its inbox; two loops
-   waiting on each other would deadlock) are not throttled: their sends are answers to
-   requests and pipelined tasks, bounded by the protocol, and they queue past the limit
-   rather than being dropped;
+   waiting on each other would deadlock) are not throttled. Where such a thread could
+   send in bulk (the calls queued for an actor that just started or restarted) it holds
+   back while :meth:`Outbox.full` says so and tries again at its next tick; its other
+   sends are answers to requests and pipelined tasks, bounded by the protocol, which
+   queue past the limit rather than being dropped;
 4. a peer the cluster declares dead (:meth:`Outbox.forget`, on the head's word) has its
    socket and backlog dropped (counted in ``dropped``), and its throttled producers wake
    up and carry on: they find the peer dead, so an actor call fails with
@@ -146,9 +148,7 @@ class Outbox:
         to half (back-pressure on a producer; call it holding no lock). Returns False
         when the peer was forgotten (dead) or the outbox closed meanwhile, or ``timeout``
         passed."""
-        q = self._backlog.get(addr)  # unlocked peek: the hot path costs a dict lookup
-        if q is None or (len(q) < self.limit and q.nbytes < self.byte_limit) \
-                or threading.get_ident() in self.never_block:
+        if not self.full(addr) or threading.get_ident() in self.never_block:
             return True
         start = time.monotonic()
         warned = False
@@ -175,6 +175,12 @@ class Outbox:
                                        min(1.0, timeout - waited))
             finally:
                 self.blocked -= 1
+
+    def full(self, addr: str) -> bool:
+        """Whether ``addr``'s backlog is at its limit (an unlocked peek, the hot path's
+        one dict lookup): a sender that must not block holds back while it is."""
+        q = self._backlog.get(addr)
+        return q is not None and (len(q) >= self.limit or q.nbytes >= self.byte_limit)
 
     def forget(self, addr: str) -> None:
         """Drop the connection to a peer that died, with everything queued for it, and
