@@ -40,7 +40,10 @@ import sys
 import time
 
 PRELOAD_ENV = "RAYLITE_PRELOAD"
-PRELOAD_IDLE_S = 0.1  # the preloader starts once no request came for this long
+# the preloader starts once no request came for PRELOAD_IDLE_S after the warm pool was
+# forked (which the agent asks for once it has registered: init() is past that point),
+# or for PRELOAD_START_S when no pool was asked for
+PRELOAD_IDLE_S, PRELOAD_START_S = 0.1, 1.0
 # what a module leaves to be imported on first use, which a worker would pay for then:
 # DistributedDataParallel imports torch._dynamo (800 modules, ~1.5 s) when it is built
 ALSO_PRELOAD = {"torch": ["torch.distributed", "torch._dynamo"]}
@@ -81,7 +84,7 @@ def _serve(sock: socket.socket, parent: int, worker_main, preload: list[str]) ->
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     handed_over = None  # the read end of the preloader's "I serve now" pipe
-    last = time.monotonic()
+    last, forked = time.monotonic(), False
     while True:
         watch = [sock] + ([handed_over] if handed_over is not None else [])
         ready, _, _ = select.select(watch, [], [], 0.05)
@@ -100,9 +103,10 @@ def _serve(sock: socket.socket, parent: int, worker_main, preload: list[str]) ->
                 return  # the agent is gone
             if data:
                 _spawn(sock, json.loads(data), worker_main)
-                last = time.monotonic()
+                last, forked = time.monotonic(), True
         _reap(sock)
-        if preload and time.monotonic() - last > PRELOAD_IDLE_S:
+        if preload and time.monotonic() - last > (PRELOAD_IDLE_S if forked else
+                                                  PRELOAD_START_S):
             handed_over = _fork_preloader(sock, worker_main, preload)
             preload = []
 
