@@ -87,6 +87,32 @@ class ObjectRef:
         return asyncio.wrap_future(self.future()).__await__()
 
 
+WAIT = object()  # next_stream_item_nowait: not there yet, the waiter will be set
+
+
+class _LoopWake:
+    """A stream waiter for an event loop: ``set()`` (from the IO thread) resolves
+    ``future`` on the loop that made it."""
+
+    __slots__ = ("loop", "future")
+
+    def __init__(self):
+        import asyncio
+
+        self.loop = asyncio.get_running_loop()
+        self.future = self.loop.create_future()
+
+    def set(self) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self._done)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    def _done(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+
 def _rebuild_ref(oid: bytes, owner: str) -> ObjectRef:
     return ObjectRef(oid, owner, _core())
 
@@ -116,11 +142,12 @@ class ObjectRefGenerator:
         return self
 
     async def __anext__(self) -> ObjectRef:
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        ref = await loop.run_in_executor(None, self._core.next_stream_item,
-                                         self._task_id, self._index, None)
+        while True:  # no thread: the IO thread wakes this loop when the item arrives
+            wake = _LoopWake()
+            ref = self._core.next_stream_item_nowait(self._task_id, self._index, wake)
+            if ref is not WAIT:
+                break
+            await wake.future
         if ref is None:
             raise StopAsyncIteration
         self._index += 1

@@ -15,7 +15,7 @@ import threading
 
 from raylite import exceptions as exc
 from raylite.core import serialization as ser
-from raylite.core.object_ref import ObjectRef, return_id
+from raylite.core.object_ref import WAIT, ObjectRef, return_id
 from raylite.core.reference_table import Entry
 
 
@@ -70,6 +70,21 @@ class StreamsPart:
         for ev in st.waiters:
             ev.set()
         st.waiters = []
+
+    def next_stream_item_nowait(self, tid: bytes, index: int, waiter):
+        """``next_stream_item`` without blocking: the ref, None after the last, or
+        ``WAIT`` after adding ``waiter`` (an object whose ``set()`` the IO thread calls
+        once item ``index`` or the end has arrived; it must not block)."""
+        with self._lock:
+            st = self._streams[tid]
+            if index < st.received:
+                oid = return_id(tid, index + 1)
+                self._releases.append(oid)  # drop the hold taken on arrival
+                return ObjectRef(oid, self.addr, self)
+            if st.end is not None and index >= st.end:
+                return None
+            st.waiters.append(waiter)
+            return WAIT
 
     def next_stream_item(self, tid: bytes, index: int, timeout=None):
         """The ref of item ``index`` once it arrived, or None after the last (any

@@ -114,6 +114,24 @@ class AsyncLLMEngine:
         except RuntimeError:  # the caller's loop is closed
             self.abort(rid)
 
+    def _deliver_all(self, outs: list) -> None:
+        """A step's outputs: one wake-up per caller loop for the whole step (one a
+        token cost the loop a wake-up each, 32 a step at 32 streams)."""
+        by_loop: dict = {}
+        with self._cv:
+            for out in outs:
+                rid = out.request_id
+                entry = self._streams.pop(rid, None) if out.finished else \
+                    self._streams.get(rid)
+                if entry is not None:
+                    by_loop.setdefault(entry[0], []).append((entry[1], out))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # the caller's loop is closed
+                for _q, out in items:
+                    self.abort(out.request_id)
+
     def _run(self) -> None:
         eng = self.engine
         while True:
@@ -141,8 +159,7 @@ class AsyncLLMEngine:
                         eng.abort_request(rid)
                         self._deliver(rid, RuntimeError(f"engine step failed: {e}"), last=True)
                     continue
-            for out in outs:
-                self._deliver(out.request_id, out, last=out.finished)
+            self._deliver_all(outs)
         with self._cv:
             streams, self._streams = self._streams, {}
         for loop, q in streams.values():
@@ -150,3 +167,8 @@ class AsyncLLMEngine:
                 loop.call_soon_threadsafe(q.put_nowait, RuntimeError("engine shut down"))
             except RuntimeError:
                 pass
+
+
+def _put_all(items: list) -> None:
+    for q, item in items:
+        q.put_nowait(item)

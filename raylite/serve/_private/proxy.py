@@ -91,7 +91,10 @@ class HTTPProxy:
         if body is None:
             return  # the client went away
         req_scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": scope["http_version"],
+            # spec 2.4: a StreamingResponse streams without a disconnect-listener task
+            # (the proxy watches for the disconnect and cancels the app instead)
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": scope["http_version"],
             "method": scope["method"], "scheme": scope.get("scheme", "http"),
             "path": scope["path"], "raw_path": scope.get("raw_path"),
             "query_string": scope.get("query_string", b""),
@@ -162,7 +165,8 @@ class HTTPProxy:
                 await send({"type": "http.response.body", "body": payload, "more_body": True})
             gen = slot.actor.http_stream.options(num_returns="streaming").remote(stream_id)
             async for item in gen:
-                chunk = await _shielded(item.future())
+                fut = item.future()  # an item that has arrived is usually read already
+                chunk = fut.result() if fut.done() else await _shielded(fut)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except asyncio.CancelledError:
             if gen is not None:
