@@ -168,13 +168,14 @@ RestartableSink = raylite.remote(max_restarts=1)(_Sink)
 
 
 @pytest.fixture
-def stopped_actor(small_queues):
-    """A cluster with one actor whose process is stopped (SIGSTOP); always resumed and
-    stopped at the end."""
+def stopped_actor(small_queues, request):
+    """A cluster with one actor (a ``Sink``, or the class given by indirect
+    parametrization) whose process is stopped (SIGSTOP); always resumed and stopped at
+    the end."""
     raylite.init(num_cpus=1)
     pid = None
     try:
-        a = Sink.remote()
+        a = getattr(request, "param", Sink).remote()
         pid = raylite.get(a.pid.remote())
         os.kill(pid, signal.SIGSTOP)
         yield a, pid
@@ -311,34 +312,27 @@ def test_streaming_worker_waits_for_a_stopped_owner_and_loses_no_item(small_queu
         raylite.shutdown()
 
 
-def test_actor_restarted_under_back_pressure_runs_the_calls_after_its_death(small_queues):
+@pytest.mark.parametrize("stopped_actor", [RestartableSink], indirect=True)
+def test_actor_restarted_under_back_pressure_runs_the_calls_after_its_death(stopped_actor):
     """Killed while the caller is blocked, the actor restarts: the calls sent to the dead
     process fail (max_task_retries=0), every later one runs on the new process, in order,
     and the burst of calls queued meanwhile does not overfill the outbox either."""
-    raylite.init(num_cpus=1)
-    pid = None
-    try:
-        a = RestartableSink.remote()
-        pid = raylite.get(a.pid.remote())
-        os.kill(pid, signal.SIGSTOP)
-        outbox = runtime.core.outbox
-        n, refs = 1500, []
-        caller = _call_many(a, n, refs)
-        _blocked(outbox)
-        os.kill(pid, signal.SIGKILL)
-        caller.join(60)
-        assert not caller.is_alive()
-        results = []
-        for ref in refs:
-            try:
-                results.append(raylite.get(ref, timeout=60))
-            except exc.ActorDiedError:
-                results.append("died")
-        first = next(i for i, r in enumerate(results) if r != "died")
-        assert 0 < first < n and results[:first] == ["died"] * first
-        assert results[first:] == list(range(first, n))
-        assert raylite.get(a.pid.remote()) != pid
-        assert outbox.stats()["peak"] <= LIMIT + 1, outbox.stats()
-    finally:
-        _resume(pid)
-        raylite.shutdown()
+    a, pid = stopped_actor
+    outbox = runtime.core.outbox
+    n, refs = 1500, []
+    caller = _call_many(a, n, refs)
+    _blocked(outbox)
+    os.kill(pid, signal.SIGKILL)
+    caller.join(60)
+    assert not caller.is_alive()
+    results = []
+    for ref in refs:
+        try:
+            results.append(raylite.get(ref, timeout=60))
+        except exc.ActorDiedError:
+            results.append("died")
+    first = next(i for i, r in enumerate(results) if r != "died")
+    assert 0 < first < n and results[:first] == ["died"] * first
+    assert results[first:] == list(range(first, n))
+    assert raylite.get(a.pid.remote()) != pid
+    assert outbox.stats()["peak"] <= LIMIT + 1, outbox.stats()
