@@ -238,6 +238,46 @@ def test_actor_killed_while_stopped_frees_the_backlog_and_fails_the_calls(stoppe
             raylite.get(ref, timeout=30)
 
 
+@raylite.remote
+class Slow:
+    def ready(self) -> None:
+        pass
+
+    def work(self, i: int, gate, payload: bytes) -> int:
+        if i == 0:  # the first call holds up the rest: this sync actor reads no more
+            raylite.get(gate.wait.remote())
+        return i
+
+
+def test_caller_far_ahead_of_a_slow_actor_waits_for_it(small_queues):
+    """Not stopped, only busy: a sync actor reads its next call when it starts it, so a
+    caller that outruns it is blocked, and goes on, losing nothing, once it catches up."""
+    from raylite.testing import SignalActor
+
+    raylite.init(num_cpus=1)
+    try:
+        gate = raylite.remote(num_cpus=0)(SignalActor).remote()
+        a = Slow.remote()
+        raylite.get(a.ready.remote())  # alive: calls go to its process, not its queue here
+        n, refs = 1000, []
+
+        def run():
+            for i in range(n):
+                refs.append(a.work.remote(i, gate, PAYLOAD))
+
+        caller = threading.Thread(target=run, daemon=True)
+        caller.start()
+        _blocked(runtime.core.outbox)
+        assert len(refs) < n
+        raylite.get(gate.send.remote())
+        caller.join(60)
+        assert not caller.is_alive()
+        assert raylite.get(refs, timeout=60) == list(range(n))
+        assert runtime.core.outbox.stats()["peak"] <= LIMIT + 1
+    finally:
+        raylite.shutdown()
+
+
 def _stats_reporter(path: str):
     """Start a thread writing this process's outbox counters to ``path`` every 20 ms,
     so the test sees a worker's back-pressure from outside (returns its stop event)."""

@@ -44,6 +44,12 @@ ZeroMQ close the DEALER's pipe for good; a monitor on the DEALER reports the ref
 and the outbox reconnects, so a process of this cluster that takes the port later is
 reached (what was sent to the refusing one could never be delivered).
 
+So a caller far ahead of a slow actor (a sync actor reads its next call when it starts it:
+about twice the HWM plus the backlog limit, 20000 small calls by default) blocks in
+``.remote()`` until the actor catches up, where Ray would queue every call in the
+caller's memory; calls that wait on something the caller does only after submitting
+them all would then wait for ever (the warning says so after 10 s).
+
 Ray: gRPC's flow control and the core worker's per-connection queues play this role;
 Ray's only producer back-pressure is ``max_pending_calls`` on actors (raylite has it
 too, raising ``PendingCallsLimitExceeded``) and the streaming generator's
@@ -168,9 +174,10 @@ class Outbox:
                         return False
                     if not warned and waited >= WARN_BLOCKED_S:
                         warned = True
-                        log.warning("%d messages wait for %s, which does not read them; "
-                                    "this thread waits until it does or is declared dead",
-                                    len(q), addr)
+                        log.warning("%d messages wait for %s, which does not read them (it "
+                                    "is stopped, or slower than this process sends): this "
+                                    "thread waits until it reads or is declared dead "
+                                    "(RAYLITE_SEND_BACKLOG: how many may wait)", len(q), addr)
                     self._drained.wait(1.0 if timeout is None else
                                        min(1.0, timeout - waited))
             finally:
