@@ -9,13 +9,15 @@ Run from the repository root:
 Model: a GPT-2-style transformer with random weights (HF ``GPT2LMHeadModel``; the
 engine serves the same module through its paged forward): ``small`` = 6 layers, d=384,
 6 heads, vocab 4096, fp32 (12.4M parameters, the issue's); ``gpt2-124m`` = GPT-2 small's
-shape. Workload: N concurrent streams (1, 8, 32), each a client sending 4 requests one after
-another (``--quick``: 2), 32-token random prompts, max_new_tokens uniform in 8..128
-(seeded), EOS ignored. Measured:
+shape. Workload: 4 requests per stream (``--quick``: 2) of 32-token random prompts and
+max_new_tokens uniform in 8..128 (seeded), EOS ignored, sent by N concurrent streams (1, 8,
+32): each stream is a client that takes the next request of the shared list the moment its
+last one ended (fixed concurrency, as vLLM's ``benchmark_serving --max-concurrency``), so N
+requests are in flight until the list runs out. Measured:
 
-- engine: a stream's next request joins the moment its last one ends; useful tokens/s
-  (tokens asked for / wall time), time to first token (TTFT) and inter-token latency
-  (ITL) p50/p99 per token;
+- engine: useful tokens/s (tokens asked for / wall time), time to first token (TTFT) and
+  inter-token latency (ITL) p50/p99 per token, and the mean number of sequences that got
+  a token per step (``mean_batch``);
 - HF static: the k-th requests of all streams as one ``generate`` batch, run to its
   longest request before the next batch (wasted = slots past their request's length);
 - floor: the model's decode step at batch N with HF's KV cache, 128 steps after a
@@ -75,12 +77,17 @@ def make_model(name: str, device: str = "cpu", seed: int = 0):
 
 def workload(n: int, vocab: int, seed: int = 0, per_stream: int = 4
              ) -> list[list[tuple[list[int], int]]]:
-    """``n`` streams, each ``per_stream`` requests of (prompt, max_new_tokens) that the
-    stream's client sends one after another (a closed loop: a stream's next request
-    goes in the moment its last one finished)."""
+    """``n`` lists of ``per_stream`` requests (prompt, max_new_tokens): the k-th requests
+    of all lists are one static batch for HF; the engine and HTTP clients take them in
+    that order from one shared queue (``in_order``)."""
     rnd = random.Random(seed + n)
     return [[([rnd.randrange(vocab) for _ in range(PROMPT_LEN)], rnd.randint(*MAX_NEW))
              for _ in range(per_stream)] for _ in range(n)]
+
+
+def in_order(streams) -> list[tuple[list[int], int]]:
+    """Every request, the first of each stream first (the order static batching uses)."""
+    return [reqs[k] for k in range(len(streams[0])) for reqs in streams]
 
 
 def pct(xs: list[float], q: float) -> float | None:
@@ -99,36 +106,38 @@ def latency_summary(times: dict[str, list[float]], start: dict[str, float]) -> d
 
 
 def run_engine(engine, streams) -> dict:
-    """Every stream's requests through the engine, each stream's next request added as
-    soon as its previous one finishes (continuous batching refills the slot)."""
+    """Every request through the engine with ``len(streams)`` in flight: a finished
+    request's slot takes the next one of the shared queue at once (continuous batching
+    refills it in the next step)."""
     from raylite.llm import SamplingParams
 
     times: dict[str, list[float]] = {}
     start: dict[str, float] = {}
-    nxt = [0] * len(streams)
+    queue = list(reversed(in_order(streams)))
 
-    def submit(s: int) -> None:
-        k = nxt[s]
-        if k < len(streams[s]):
-            prompt, n = streams[s][k]
-            nxt[s] += 1
-            rid = engine.add_request(f"{s}-{k}", prompt, SamplingParams(
+    def submit() -> None:
+        if queue:
+            prompt, n = queue.pop()
+            rid = engine.add_request(f"r{len(queue)}", prompt, SamplingParams(
                 max_tokens=n, temperature=0, ignore_eos=True))
             start[rid], times[rid] = time.perf_counter(), []
 
+    steps0 = engine.stats()["steps"]
     t0 = time.perf_counter()
-    for s in range(len(streams)):
-        submit(s)
+    for _ in streams:
+        submit()
     while engine.has_unfinished_requests():
         outs = engine.step()
         now = time.perf_counter()
         for o in outs:
             times[o.request_id].extend([now] * len(o.delta_token_ids))
             if o.finished:
-                submit(int(o.request_id.split("-")[0]))
+                submit()
     wall = time.perf_counter() - t0
     useful = sum(n for reqs in streams for _, n in reqs)
-    return {"tokens_per_s": useful / wall, "wall_s": wall, **latency_summary(times, start)}
+    return {"tokens_per_s": useful / wall, "wall_s": wall,
+            "mean_batch": useful / max(1, engine.stats()["steps"] - steps0),
+            **latency_summary(times, start)}
 
 
 def run_hf_static(model, streams) -> dict:
@@ -296,12 +305,15 @@ async def _http_round(url: str, streams) -> dict:
                     elif ev["choices"]:  # one event a token
                         times[rid].append(time.perf_counter())
 
-        async def stream(s, reqs):  # a client: its requests one after another
-            for k, (p, n) in enumerate(reqs):
-                await one(f"{s}-{k}", p, n)
+        queue = list(reversed(in_order(streams)))
+
+        async def stream():  # a client: the next request of the queue once one ends
+            while queue:
+                p, n = queue.pop()
+                await one(f"r{len(queue)}", p, n)
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(stream(s, reqs) for s, reqs in enumerate(streams)))
+        await asyncio.gather(*(stream() for _ in streams))
         wall = time.perf_counter() - t0
     return {"tokens_per_s": sum(counts) / wall, "wall_s": wall, "tokens": sum(counts),
             **latency_summary(times, start)}
@@ -384,7 +396,9 @@ def print_table(res: dict) -> None:
                 if r:
                     print(f"  {key} {n:2d}: TTFT p50/p99 {r['ttft_p50_ms']:.1f}/"
                           f"{r['ttft_p99_ms']:.1f} ms, ITL p50/p99 {r['itl_p50_ms']:.1f}/"
-                          f"{r['itl_p99_ms']:.1f} ms")
+                          f"{r['itl_p99_ms']:.1f} ms" + (
+                              f", {r['mean_batch']:.1f} sequences a step"
+                              if "mean_batch" in r else ""))
     p = res["prefix"]
     print(f"  prefix cache (512-token prefix): TTFT {p['cold_ttft_ms']:.1f} -> "
           f"{p['warm_ttft_ms']:.1f} ms ({p['speedup']:.1f}x)")
