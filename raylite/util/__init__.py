@@ -4,6 +4,7 @@ libraries many Ray notebooks use: ``ActorPool``, ``queue.Queue``, ``multiprocess
 from __future__ import annotations
 
 from raylite.util.actor_pool import ActorPool
+from raylite.util.backend import backend_name, own_runtime_only
 from raylite.util.placement_group import (
     PlacementGroup,
     get_current_placement_group,
@@ -17,7 +18,8 @@ from raylite.util.scheduling_strategies import (
     PlacementGroupSchedulingStrategy,
 )
 
-__all__ = ["ActorPool", "NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy",
+__all__ = ["ActorPool", "backend_name", "own_runtime_only",
+           "NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy",
            "PlacementGroup", "placement_group", "remove_placement_group",
            "get_placement_group", "placement_group_table", "get_current_placement_group",
            "state", "queue", "multiprocessing"]

@@ -59,7 +59,8 @@ class AutoscalerView(LiveView):
     def _update(self, state: dict) -> None:
         status = state.get("autoscaler")
         samples = list(self.samples)
-        set_value(self._header, RA.autoscaler_header(status, samples[-1] if samples else None))
+        set_value(self._header, RA.autoscaler_header(status, samples[-1] if samples else None,
+                                                     state.get("autoscaler_note")))
         set_value(self._svg, RA.timeline_svg(samples, self.decisions, self._types(status),
                                              window_s=self.window_s))
         set_value(self._table, RA.node_types_table(status, samples[-1]["t"]))
@@ -68,12 +69,12 @@ class AutoscalerView(LiveView):
     def _render(self, state: dict) -> str:
         now = self.samples[-1]["t"] if self.samples else None
         return RA.autoscaler_html(state.get("autoscaler"), list(self.samples), self.decisions,
-                                  now, self.window_s)
+                                  now, self.window_s, state.get("autoscaler_note"))
 
     def _text(self, state: dict) -> str:
         status = state.get("autoscaler")
         if not status:
-            return "  no autoscaler report yet"
+            return "  " + (state.get("autoscaler_note") or "no autoscaler report yet")
         last = self.samples[-1] if self.samples else {"pending": 0, "types": {}}
         lines = [f"  pending {last['pending']}; " + ", ".join(
             f"{t}: {r} running, {la} launching" for t, (r, la) in last["types"].items())]

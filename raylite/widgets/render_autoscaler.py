@@ -249,9 +249,13 @@ def decisions_list(decisions: list[dict], limit: int = 10) -> str:
             f'{"".join(items)}</div>')
 
 
-def autoscaler_header(status: dict | None, last: dict | None) -> str:
-    """One line: running or not, pending demand, autoscaled nodes, unavailable types."""
+def autoscaler_header(status: dict | None, last: dict | None, note: str | None = None) -> str:
+    """One line: running or not, pending demand, autoscaled nodes, unavailable types.
+    Without a status: ``note`` (the backend's word on why there is none, e.g. on Ray),
+    else how to start raylite's autoscaler."""
     if not status:
+        if note:
+            return f'<div style="{R.FONT}"><b>autoscaler</b> · {note}</div>'
         return (f'<div style="{R.FONT}"><b>autoscaler</b> · no report yet (start one with '
                 f"<code>raylite.autoscaler.start(config)</code> or "
                 f"<code>raylite.init(autoscaler=...)</code>)</div>")
@@ -276,11 +280,12 @@ def autoscaler_header(status: dict | None, last: dict | None) -> str:
 
 
 def autoscaler_html(status: dict | None, samples: list[dict], decisions: list[dict],
-                    now: float | None = None, window_s: float = 300.0) -> str:
+                    now: float | None = None, window_s: float = 300.0,
+                    note: str | None = None) -> str:
     """The whole AutoscalerView as one static HTML string."""
     types = list((status or {}).get("node_types") or {}) or \
         sorted({t for s in samples for t in s["types"]})
     svg = timeline_svg(samples, decisions, types, now, window_s) if samples else ""
     return (f'<div class="raylite-autoscaler">'
-            f"{autoscaler_header(status, samples[-1] if samples else None)}{svg}"
+            f"{autoscaler_header(status, samples[-1] if samples else None, note)}{svg}"
             f"{node_types_table(status, now)}{decisions_list(decisions)}</div>")

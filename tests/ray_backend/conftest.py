@@ -130,3 +130,17 @@ def cluster(ray_connection):
     """The Ray connection (one for all tests here: a Ray cluster takes ~40 s to start on
     a small machine); the shared tests that ask for a fresh cluster only kill actors."""
     return ray_connection
+
+
+@pytest.fixture(scope="module")
+def serve_url(ray_connection):
+    """Serve on the Ray connection, its proxy on a free port, for a whole module; yields
+    the proxy's base URL (the fixture of the same name in ``tests/conftest.py``, on Ray)."""
+    from raylite import serve
+
+    port = _free_port()
+    serve.start(http_options={"port": port})
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()

@@ -2,14 +2,16 @@
 rest of raylite sees as ``runtime.core``, the context ``init`` returns and the runtime
 context.
 
-Every task and actor of the job gets ``RAYLITE_BACKEND=ray`` in its environment, so
 raylite code running inside Ray workers (Serve's replicas, Train's workers, Data's
-tasks) uses Ray too; a Ray worker also picks Ray by itself (``runtime.default_backend``).
+tasks) uses Ray too: a process Ray has connected picks the Ray backend by itself
+(``runtime.default_backend``), so no ``runtime_env`` is added to the job (one would keep
+Ray from using the workers it starts ahead).
 """
 
 from __future__ import annotations
 
 import html
+import logging
 import os
 import secrets
 import threading
@@ -18,7 +20,10 @@ import ray
 
 from raylite.core import runtime, runtime_api
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
+# what shapes a node: for a cluster init() starts, not one it joins
+NODE_OPTIONS = {"num_cpus", "num_gpus", "resources", "labels", "object_store_memory"}
 TOKEN_KEY = b"raylite:cluster_token"
 KV_NAMESPACE = "raylite"
 # options of raylite's own init() that name things only raylite's runtime has
@@ -81,14 +86,6 @@ class RayBackendContext:
                 f"&middot; {html.escape(shown)}</div>")
 
 
-def _job_runtime_env(runtime_env: dict | None) -> dict:
-    env = dict(runtime_env or {})
-    env_vars = dict(env.get("env_vars") or {})
-    env_vars[runtime.BACKEND_ENV] = "ray"
-    env["env_vars"] = env_vars
-    return env
-
-
 def init(address: str | None = None, *, ignore_reinit_error: bool = False,
          runtime_env: dict | None = None, enable_zero_copy_torch_tensors=None,
          **ray_options) -> RayBackendContext:
@@ -96,8 +93,11 @@ def init(address: str | None = None, *, ignore_reinit_error: bool = False,
     process Ray has connected already (a Ray worker, or a driver that called
     ``ray.init``) it joins that connection and leaves it open at ``shutdown``.
     ``enable_zero_copy_torch_tensors`` sets Ray's ``RAY_ENABLE_ZERO_COPY_TORCH_TENSORS``
-    for this driver and the job's workers. raylite's own-runtime options (``nodes``,
-    ``autoscaler``, ...) raise ValueError."""
+    for this driver and the job's workers. Joining a running cluster (``address`` or
+    ``RAY_ADDRESS``), the node options (``num_cpus``, ``num_gpus``, ``resources``,
+    ``labels``, ``object_store_memory``) are ignored, as on raylite's own runtime (Ray
+    raises). raylite's own-runtime options (``nodes``, ``autoscaler``, ...) raise
+    ValueError."""
     bad = sorted(set(ray_options) & set(OWN_ONLY))
     if bad:
         raise ValueError(f"init({', '.join(bad)}=...) needs raylite's own runtime "
@@ -108,12 +108,20 @@ def init(address: str | None = None, *, ignore_reinit_error: bool = False,
                 return _context
             raise RuntimeError("raylite.init() was already called in this process; call "
                                "raylite.shutdown() first, or pass ignore_reinit_error=True.")
-        env = _job_runtime_env(runtime_env)
+        env = dict(runtime_env) if runtime_env else None
         if enable_zero_copy_torch_tensors is not None:
             flag = "1" if enable_zero_copy_torch_tensors else "0"
             os.environ["RAY_ENABLE_ZERO_COPY_TORCH_TENSORS"] = flag
-            env["env_vars"]["RAY_ENABLE_ZERO_COPY_TORCH_TENSORS"] = flag
+            env = dict(env or {})
+            env["env_vars"] = dict(env.get("env_vars") or {},
+                                   RAY_ENABLE_ZERO_COPY_TORCH_TENSORS=flag)
         owns = not ray.is_initialized()
+        if owns and (address or os.environ.get("RAY_ADDRESS")):
+            # joining a running cluster: its nodes are what `ray start` made them (as on
+            # raylite's own runtime, where init(address=...) ignores these too)
+            for key in NODE_OPTIONS & set(ray_options):
+                log.info("init(%s=...) ignored: joining an existing Ray cluster", key)
+                ray_options.pop(key)
         if owns:
             ray_options.setdefault("logging_level", "WARNING")
             ray_options.setdefault("log_to_driver", True)

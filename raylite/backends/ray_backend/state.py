@@ -4,7 +4,8 @@ the libraries get from ``runtime_api.cluster_state`` / ``cluster_nodes`` /
 ``ray.nodes()``; the placement group table; the actor and worker tables) and, for tasks
 and objects, Ray's state API (``ray.util.state``), which the Ray dashboard serves: on a
 cluster started without one (``ray start --include-dashboard=false``) the ``tasks``
-section is empty and ``list_objects`` raises Ray's error.
+section holds the tasks that ran, from Ray's timeline, and ``list_objects`` raises Ray's
+error.
 
 Differences from raylite's own runtime: there is no event stream to subscribe to in
 Ray, so :class:`PolledEvents` derives node, actor, placement group and task events by
@@ -25,6 +26,8 @@ import ray
 from raylite.backends.ray_backend.session import ensure
 from raylite.core import runtime
 
+NO_AUTOSCALER = ("no autoscaler status on the Ray backend: raylite does not read Ray's "
+                 "autoscaler (see <code>ray status</code>)")
 ALL = ("nodes", "workers", "actors", "placement_groups", "tasks", "demand", "autoscaler")
 _TASK_STATES = {"FINISHED": "FINISHED", "FAILED": "FAILED", "RUNNING": "RUNNING"}
 
@@ -59,14 +62,18 @@ def node_records() -> list[dict]:
 
 
 def actor_records() -> list[dict]:
-    """The GCS's actor table as raylite's actor records."""
+    """The GCS's actor table as raylite's actor records (the namespaces of named actors
+    from ``ray.util.list_named_actors``: the table leaves them out)."""
     from ray._private import state
 
+    namespaces = {d["name"]: d["namespace"]
+                  for d in ray.util.list_named_actors(all_namespaces=True)}
     out = []
     for a in state.actors().values():
         where = a.get("Address") or {}
-        out.append({"actor_id": a["ActorID"], "state": a["State"], "name": a.get("Name") or "",
-                    "namespace": a.get("RayNamespace") or "", "node_id": where.get("NodeID"),
+        name = a.get("Name") or ""
+        out.append({"actor_id": a["ActorID"], "state": a["State"], "name": name,
+                    "namespace": namespaces.get(name, ""), "node_id": where.get("NodeID"),
                     "pid": a.get("Pid") or None, "worker_id": None,
                     "error": a.get("DeathCause") or None, "class_name": a.get("ActorClassName"),
                     "num_restarts": int(a.get("NumRestarts") or 0), "job_id": a.get("JobID"),
@@ -92,14 +99,38 @@ def worker_records(actors: list[dict]) -> list[dict]:
 
 
 def task_records(limit: int | None, where: dict) -> list[dict]:
-    """Ray's tasks from its state API; none when no dashboard serves it."""
+    """Ray's tasks from its state API, or, when no dashboard serves that, the tasks that
+    ran from Ray's timeline (``ray.timeline()``: finished tasks only, no pending ones)."""
     from ray.util import state as ray_state
 
     try:
-        tasks = ray_state.list_tasks(limit=limit or 10000, detail=True, **where)
+        tasks = [_task(t) for t in _records(ray_state.list_tasks(
+            limit=limit or 10000, detail=True, **where))]
     except Exception:  # no dashboard: Ray's state API server is not running
-        return []
-    return sorted((_task(t) for t in _records(tasks)), key=lambda r: r["submitted"] or 0.0)
+        tasks = timeline_records()
+    tasks.sort(key=lambda r: r["submitted"] or r["start"] or 0.0)
+    return tasks[-limit:] if limit else tasks
+
+
+def timeline_records() -> list[dict]:
+    """Task records from the execution spans of ``ray.timeline()``."""
+    node_of_ip = {n["NodeManagerAddress"]: n["NodeID"] for n in ray.nodes()}
+    out = []
+    for e in ray.timeline():
+        cat = e.get("cat") or ""
+        if not cat.startswith("task::") or e.get("ph") != "X":
+            continue
+        name = cat[len("task::"):]
+        start = e["ts"] / 1e6
+        out.append({"task_id": (e.get("args") or {}).get("task_id"), "name": name,
+                    "job_id": None, "actor_id": None,
+                    "type": "ACTOR_TASK" if "." in name else "NORMAL_TASK",
+                    "state": "FINISHED", "node_id": node_of_ip.get(e.get("pid")),
+                    "worker_id": str(e.get("tid", "")).removeprefix("worker:"),
+                    "submitted": start, "sent": start, "start": start,
+                    "end": start + e.get("dur", 0.0) / 1e6, "error": None, "attempts": 1,
+                    "attempt_number": 0})
+    return out
 
 
 def _task(t: dict) -> dict:
@@ -164,6 +195,7 @@ def cluster_state(*sections: str, limit: int | None = None, session=None,
         out["tasks"] = task_records(limit, where)
     if "autoscaler" in want:
         out["autoscaler"] = None
+        out["autoscaler_note"] = NO_AUTOSCALER
     return out
 
 

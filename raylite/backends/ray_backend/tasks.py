@@ -7,7 +7,7 @@ What comes back is Ray's own: ``ray.ObjectRef``, Ray actor handles,
 ``ray.ObjectRefGenerator`` (they pickle, await and pass into tasks as Ray's do). The
 options were checked by raylite when the function was decorated; here they are handed
 to Ray unchanged, except raylite's scheduling strategy objects (Ray's are built from
-them) and ``runtime_env`` (``RAYLITE_BACKEND=ray`` is added to its ``env_vars``).
+them).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from ray.util import scheduling_strategies as ray_strategies
 
 from raylite.backends.ray_backend import errors
 from raylite.backends.ray_backend.session import ensure
-from raylite.core import runtime
 from raylite.core.api import progress_wait
 
 _DROPPED = frozenset({"_metadata"})
@@ -32,11 +31,6 @@ def ray_options(options: dict) -> dict:
         out["scheduling_strategy"] = ray_strategy(strategy)
     if out.get("num_returns") == "dynamic":
         out["num_returns"] = "streaming"
-    env = out.get("runtime_env")
-    if env is not None:
-        env_vars = dict(env.get("env_vars") or {})
-        env_vars.setdefault(runtime.BACKEND_ENV, "ray")
-        out["runtime_env"] = dict(env, env_vars=env_vars)
     return out
 
 
