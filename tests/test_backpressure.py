@@ -113,6 +113,30 @@ def test_forgetting_a_dead_peer_frees_its_backlog_and_wakes_the_producer(raw_pee
     assert stats["queued"] == 0 and stats["peers"] == {} and stats["dropped"] == queued
 
 
+def test_forgetting_one_peer_leaves_the_others_flowing(raw_peer):
+    """Peers are independent: with two peers full, forgetting one (its socket closed
+    under the flusher's feet) neither stalls nor loses the other's messages."""
+    outbox, peer, addr = raw_peer
+    other, other_addr = outbox._transport.bind()
+    try:
+        sent: list = []
+        dead: list = []
+        producer = _produce(outbox, addr, 1000, sent)
+        doomed = _produce(outbox, other_addr, 1000, dead)
+        wait_for_condition(lambda: outbox.stats()["blocked"] == 2, timeout=30)
+        outbox.forget(other_addr)
+        doomed.join(10)
+        assert dead[-1] == "forgotten"
+        got = []
+        while len(got) < 1000:
+            assert peer.poll(10_000), f"stalled after {len(got)} messages: {outbox.stats()}"
+            got.append(int(peer.recv_multipart()[1]))
+        producer.join(10)
+        assert got == list(range(1000)) and outbox.stats()["queued"] == 0
+    finally:
+        other.close(linger=0)
+
+
 def test_backlog_is_bounded_in_bytes_too(small_queues, monkeypatch):
     monkeypatch.setenv("RAYLITE_SEND_BACKLOG_BYTES", str(10 * len(PAYLOAD)))
     transport = Transport("bp-token")

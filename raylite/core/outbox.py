@@ -231,8 +231,7 @@ class Outbox:
                     self.queued = self.queued_bytes = 0
                     break
             if not ready:
-                select.select(fds, [], [], min(FLUSH_WAIT_S,
-                                               max(0.0, deadline - time.monotonic())))
+                _wait_readable(fds, min(FLUSH_WAIT_S, max(0.0, deadline - time.monotonic())))
         self._wake.set()
 
     # ------------------------------------------------------------------ internals (lock held)
@@ -315,15 +314,29 @@ class Outbox:
         """Wait until a backlogged socket can take more, flush it, repeat; with no
         backlog, sleep until the next one starts."""
         while True:
-            with self._lock:
-                if self.closed:
-                    return
-                for addr, q in list(self._backlog.items()):
-                    self._flush(addr, q)
-                fds, ready = self._backlog_fds()
+            try:
+                with self._lock:
+                    if self.closed:
+                        return
+                    for addr, q in list(self._backlog.items()):
+                        self._flush(addr, q)
+                    fds, ready = self._backlog_fds()
+            except Exception:  # never let the thread die: the backlogs would stay
+                log.exception("outbox flusher")
+                fds, ready = [], False
+                time.sleep(FLUSH_WAIT_S)
             if fds:
                 if not ready:
-                    select.select(fds, [], [], FLUSH_WAIT_S)
+                    _wait_readable(fds, FLUSH_WAIT_S)
             else:
                 self._wake.wait(1.0)
                 self._wake.clear()
+
+
+def _wait_readable(fds: list[int], timeout: float) -> None:
+    """Wait for a socket fd to signal, at most ``timeout``; a socket closed meanwhile
+    (forgotten by another thread) only ends the wait."""
+    try:
+        select.select(fds, [], [], timeout)
+    except (OSError, ValueError):
+        pass
