@@ -12,11 +12,12 @@ importing torch, and the torch._dynamo that DistributedDataParallel imports, tak
 seconds, which every new worker of a training run would pay. The zygote cannot import
 them itself without stalling the forks asked for meanwhile, so once it has forked the
 warm pool it forks a *preloader*, a second zygote that imports the modules (only imports
-them: no torch op runs there, so no thread pool starts and forking stays safe) and then
-takes the requests over. The first zygote stops reading requests but lives on as the
-parent of the workers it forked (they die with it), and the agent hears
-``{"preloaded": [...]}`` so the head replaces the workers forked before: the idle ones
-at once, leased ones when their lease comes back (actors keep theirs). A module that
+them: no torch op runs there, so no thread pool starts and forking stays safe), at the
+lowest CPU priority where it can go back after (so a training run started meanwhile is
+not slowed by it), and then takes the requests over. The first zygote stops reading
+requests but lives on as the parent of the workers it forked (they die with it), and
+the agent hears ``{"preloaded": [...]}`` so the head replaces the workers forked before:
+the idle ones at once, leased ones when their lease comes back (actors keep theirs). A module that
 fails to import leaves the first zygote serving. What a module reads from the
 environment at import time it reads from the node's, not from a worker's runtime_env
 (OMP_NUM_THREADS is applied again in each worker).
@@ -124,8 +125,11 @@ def _fork_preloader(sock: socket.socket, worker_main, modules: list[str]) -> int
     os.environ["RAYLITE_PARENT_PID"] = str(me)
     die_with_parent(signal.SIGKILL, watch=False)  # before the import: it takes seconds
     try:
+        base = _lower_priority()
         for name in modules:
             importlib.import_module(name)
+        if base is not None:
+            os.setpriority(os.PRIO_PROCESS, 0, base)  # the workers forked next run as usual
     except BaseException as e:  # noqa: BLE001 (any failure: the first zygote serves on)
         print(f"[raylite zygote] not preloading {modules}: {e!r}", file=sys.stderr, flush=True)
         os._exit(1)
@@ -136,6 +140,26 @@ def _fork_preloader(sock: socket.socket, worker_main, modules: list[str]) -> int
         _serve(sock, me, worker_main, [])
     finally:
         os._exit(0)
+
+
+def _lower_priority() -> int | None:
+    """Drop to the lowest CPU priority for the import when it can be raised back after
+    (CAP_SYS_NICE, or an RLIMIT_NICE that allows it: a forked probe tries); returns the
+    priority to go back to. The preload then takes only CPU the node's workers leave
+    idle: a training run started at once imports torch in its own workers no slower."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    probe = os.fork()
+    if probe == 0:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, 19)
+            os.setpriority(os.PRIO_PROCESS, 0, base)
+            os._exit(0)
+        except OSError:
+            os._exit(1)
+    if os.waitstatus_to_exitcode(os.waitpid(probe, 0)[1]) != 0:
+        return None
+    os.setpriority(os.PRIO_PROCESS, 0, 19)
+    return base
 
 
 def _reap_forever(sock: socket.socket) -> None:
