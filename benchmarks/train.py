@@ -16,7 +16,8 @@ Frameworks: ``raylite`` (``init(preload=["torch"])``: the node imports torch in 
 background and its warm pool is forked with torch imported), ``raylite_cold`` (the same
 with ``preload=[]``: each worker imports torch itself, as before pre-warming), ``torch``
 and ``ray`` (the bench venv's interpreter, ``make bench-env``). Measured, as the median
-of ``--repeats`` runs (``--quick``: 1 run of 1 epoch):
+of ``--repeats`` runs that go round the frameworks in turn, so that the load of a shared
+machine falls on all of them alike (``--quick``: 1 run of 1 epoch, one fit):
 
 - ``fit_s``: wall time of ``fit()`` (for torch: of ``mp.spawn``), start-up included;
 - ``first_report_s``: from calling ``fit()`` to rank 0's first report (workers
@@ -49,7 +50,7 @@ from benchmarks._runner import python_has, run_json, write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 ROWS, DIM, BATCH, WORKERS = 32768, 64, 256, 2
-WORKER_TIMEOUT_S = 600
+WORKER_TIMEOUT_S = 900
 # Ray Train v2 holds one report per worker and its controller takes it every 2 s, so with
 # its defaults every report waits ~2 s (1.99 s measured here, 153 s for a 1-epoch fit);
 # measured with the poll interval lowered so the loop, not the poll, is what is timed
@@ -223,8 +224,6 @@ def one_run(name: str, epochs: int, fits: int) -> dict:
 
 def worker_main(name: str, epochs: int, repeats: int, fits: int, out_path: str) -> None:
     runs = [one_run(name, epochs, fits) for _ in range(repeats)]
-    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]
-           if not k.endswith("preloaded")}
     version = "?"
     try:
         if name == "ray":
@@ -235,7 +234,14 @@ def worker_main(name: str, epochs: int, repeats: int, fits: int, out_path: str) 
             version = torch.__version__
     except ImportError:
         pass
-    write_json(out_path, {"framework": name, "version": version, "runs": runs, **med})
+    write_json(out_path, {"framework": name, "version": version, "runs": runs})
+
+
+def with_medians(r: dict[str, Any]) -> dict[str, Any]:
+    """``r`` with the median of each figure over its runs."""
+    runs = r["runs"]
+    return r | {k: statistics.median(x[k] for x in runs) for k in runs[0]
+                if not k.endswith("preloaded")}
 
 
 # ------------------------------------------------------------------ the driver
@@ -355,19 +361,32 @@ def main(argv: list[str] | None = None) -> None:
         return
     epochs, repeats, fits = (1, 1, 1) if a.quick else (a.epochs, a.repeats, a.fits)
     results: dict[str, Any] = {}
+    pythons = {}
     for name in FRAMEWORKS:
-        python = sys.executable
         if name not in a.only:
             results[name] = {"skipped": "not requested"}
-            continue
-        if name == "ray":
-            python = None if a.no_ray else find_ray_train(a.ray_python)
-            if python is None:
-                results[name] = {"skipped": "--no-ray" if a.no_ray else
-                                 "Ray Train not installed (make bench-env)"}
+        elif name != "ray":
+            pythons[name] = sys.executable
+        elif a.no_ray or (python := find_ray_train(a.ray_python)) is None:
+            results[name] = {"skipped": "--no-ray" if a.no_ray else
+                             "Ray Train not installed (make bench-env)"}
+        else:
+            pythons[name] = python
+    # the repeats go round the frameworks, so that a load that comes and goes on a shared
+    # machine falls on all of them alike
+    for rep in range(repeats):
+        for name, python in list(pythons.items()):
+            print(f"== {name} ({rep + 1}/{repeats})", flush=True)
+            r = measure(name, python, epochs, 1, fits, a.ray_poll_s)
+            if "runs" not in r:
+                results[name] = r
+                del pythons[name]
                 continue
-        print(f"== {name}", flush=True)
-        results[name] = measure(name, python, epochs, repeats, fits, a.ray_poll_s)
+            got = results.setdefault(name, {**r, "runs": [], "wall_s": 0.0})
+            got["runs"] += r["runs"]
+            got["wall_s"] += r["wall_s"]
+    for name in pythons:
+        results[name] = with_medians(results[name])
     ratios = compare(results)
     report = {"benchmark": "train", "quick": a.quick, "epochs": epochs, "repeats": repeats,
               "fits": fits, "ray_train_health_check_interval_s": a.ray_poll_s,
