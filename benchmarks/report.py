@@ -14,11 +14,13 @@ from typing import Any
 from benchmarks.core import METRICS as CORE_METRICS
 from benchmarks.object_transfer import size_label
 
-FRAMEWORKS = ("raylite", "ray", "dask", "ipyparallel", "multiprocessing")
-TITLES = {"raylite": "raylite", "ray": "Ray", "dask": "Dask", "ipyparallel": "ipyparallel",
-          "multiprocessing": "multiprocessing", "limit": "limit"}
-COLORS = {"raylite": "tab:green", "ray": "tab:orange", "dask": "tab:blue",
-          "ipyparallel": "tab:purple", "multiprocessing": "tab:brown", "limit": "black"}
+FRAMEWORKS = ("raylite", "ray", "raylite-on-ray", "dask", "ipyparallel", "multiprocessing")
+TITLES = {"raylite": "raylite", "ray": "Ray", "raylite-on-ray": "raylite on Ray",
+          "dask": "Dask", "ipyparallel": "ipyparallel", "multiprocessing": "multiprocessing",
+          "limit": "limit"}
+COLORS = {"raylite": "tab:green", "ray": "tab:orange", "raylite-on-ray": "tab:olive",
+          "dask": "tab:blue", "ipyparallel": "tab:purple", "multiprocessing": "tab:brown",
+          "limit": "black"}
 TABLE_SIZE = 1 << 26  # object rows at 64 MiB (quick runs: their largest size)
 # core metric -> the limit that bounds it (limits.py's key), where one does
 CORE_LIMITS = {"init": "python_imports", "async_tasks": "zmq_pipelined",
@@ -202,6 +204,19 @@ def train_rows(reports: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def backend_rows(reports: dict[str, Any]) -> list[Row]:
+    """The Ray backend's seam (``ray_backend.py``): raylite's API on Ray beside the same
+    calls made to Ray directly, in one Ray session."""
+    rows = []
+    for name, r in reports.get("ray_backend", {}).get("rows", {}).items():
+        scale, unit = (1e3, "ms") if r["ray_s"] > 1e-2 else (1e6, "us")
+        values = {fw: _stats(r[f"{key}_s"], *r[f"{key}_min_max_s"], scale)
+                  for fw, key in (("ray", "ray"), ("raylite-on-ray", "raylite"))}
+        rows.append(Row("ray backend", f"ray_backend_{name.replace(' ', '_')}", name, unit,
+                        False, values))
+    return rows
+
+
 def limit_rows(reports: dict[str, Any]) -> list[Row]:
     return [Row("limits", key, m["label"], m["unit"], m["higher_is_better"], {}, _limit(m))
             for key, m in reports.get("limits", {}).get("metrics", {}).items()]
@@ -209,7 +224,8 @@ def limit_rows(reports: dict[str, Any]) -> list[Row]:
 
 def build_rows(reports: dict[str, Any]) -> list[Row]:
     return (core_rows(reports) + object_rows(reports) + serve_rows(reports)
-            + scheduling_rows(reports) + train_rows(reports) + limit_rows(reports))
+            + scheduling_rows(reports) + train_rows(reports) + backend_rows(reports)
+            + limit_rows(reports))
 
 
 def curves(reports: dict[str, Any]) -> dict[str, dict[str, list[list[float]]]]:

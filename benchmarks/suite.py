@@ -23,7 +23,9 @@ its own, after a warm-up, as medians of repeats with min-max:
 - ``train``       one 2-worker DDP loop: raylite.train (with and without torch preloaded)
                   beside plain torch.distributed, the floor, and Ray Train (``train.py``);
 - ``llm``         the LLM engine beside HF ``generate`` (static batching) and the model's
-                  decode floor, in-process and over the OpenAI HTTP API (``llm.py``).
+                  decode floor, in-process and over the OpenAI HTTP API (``llm.py``);
+- ``ray_backend`` raylite's API on a Ray session (``init(backend="ray")``) beside the
+                  same Ray calls made directly: the seam's overhead (``ray_backend.py``).
 
 Peers are found, not required: Ray under ``--ray-python``, else ``$RAY_PYTHON``, else the
 first of ``.bench-venv/bin/python`` (``make bench-env``), ``/work/rayvenv/bin/python`` and
@@ -59,17 +61,18 @@ from benchmarks._runner import python_has, run_streaming, terminate_on_sigterm, 
 from benchmarks.core import RESULTS, ROOT, _shown, machine_info  # noqa: E402
 from benchmarks.object_transfer import _git_describe  # noqa: E402
 
-STEPS = ("limits", "core", "objects", "scheduling", "serve", "peers", "train", "llm")
+STEPS = ("limits", "core", "objects", "scheduling", "serve", "peers", "train", "llm",
+         "ray_backend")
 PEERS = ("ray", "dask", "ipyparallel", "multiprocessing")
 SCRIPTS = {"limits": "limits", "core": "core", "objects": "object_transfer",
            "scheduling": "scheduling", "serve": "serve", "peers": "peers", "train": "train",
-           "llm": "llm"}
+           "llm": "llm", "ray_backend": "ray_backend"}
 RAY_CANDIDATES = [str(ROOT / ".bench-venv/bin/python"), "/work/rayvenv/bin/python"]
 QUICK_OUT = RESULTS / "quick"
 README = ROOT / "benchmarks" / "README.md"
 QUICK_OBJECT_MAX = 1 << 22
 TIMEOUT_S = {"limits": 300, "core": 1200, "objects": 2400, "scheduling": 1200,
-             "serve": 2400, "peers": 2400, "train": 1800, "llm": 1800}
+             "serve": 2400, "peers": 2400, "train": 1800, "llm": 1800, "ray_backend": 900}
 QUICK_TIMEOUT_S = 300
 
 
