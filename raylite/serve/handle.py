@@ -21,6 +21,7 @@ import time
 import raylite
 from raylite.exceptions import GetTimeoutError, TaskCancelledError
 from raylite.serve import context
+from raylite.serve._private.router import awaitable
 from raylite.serve.exceptions import RequestCancelledError
 
 
@@ -123,7 +124,7 @@ class _Base:
         if self._assigned.done():
             return self._wait_assigned(0)
         try:
-            return await asyncio.shield(asyncio.wrap_future(self._assigned))
+            return await awaitable(self._assigned)
         except (asyncio.CancelledError, concurrent.futures.CancelledError):
             if self._assigned.cancelled():
                 raise RequestCancelledError("The request was cancelled.") from None
@@ -134,7 +135,7 @@ class _Base:
         """Await a future of the sent request; the awaiting task cancelled, the request
         is cancelled too (the future itself is left to resolve)."""
         try:
-            return await asyncio.shield(asyncio.wrap_future(cf))
+            return await awaitable(cf)
         except asyncio.CancelledError:
             self.cancel()
             raise

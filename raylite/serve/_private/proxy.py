@@ -26,7 +26,7 @@ from functools import partial
 import raylite
 from raylite.serve._private import client, http_util, rest
 from raylite.serve._private.long_poll import LongPollClient
-from raylite.serve._private.router import get_router
+from raylite.serve._private.router import awaitable, get_router
 from raylite.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,9 @@ class HTTPProxy:
                 raise  # cancelled for another reason (the server stopping)
             me.uncancel()  # the client went away: its request was cancelled, all done
         finally:
+            # not cancelled: once the response is complete uvicorn answers the watcher's
+            # receive() with http.disconnect, so it ends by itself (a cancel costs more)
             watching = False
-            gone.cancel()
 
     async def _forward(self, app: str, dep: str, scope: dict, body: bytes, send) -> None:
         """Send the request to a replica and its answer to the client. Cancelled (the
@@ -136,14 +137,14 @@ class HTTPProxy:
         assigned = router.assign(call)
         if not assigned.done():
             try:
-                await _shielded(assigned)
+                await awaitable(assigned)
             except asyncio.CancelledError:
                 if not router.cancel_pending(assigned):  # sent meanwhile: cancel there
                     assigned.add_done_callback(_on_loop(_cancel_assigned))
                 raise
         slot, (ref, fut) = assigned.result()
         try:
-            status, headers, payload, stream_id = await _shielded(fut)
+            status, headers, payload, stream_id = await awaitable(fut)
         except asyncio.CancelledError:
             raylite.cancel(ref)
             fut.add_done_callback(_on_loop(partial(_cancel_unread, slot.actor)))
@@ -166,7 +167,7 @@ class HTTPProxy:
             gen = slot.actor.http_stream.options(num_returns="streaming").remote(stream_id)
             async for item in gen:
                 fut = item.future()  # an item that has arrived is usually read already
-                chunk = fut.result() if fut.done() else await _shielded(fut)
+                chunk = fut.result() if fut.done() else await awaitable(fut)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except asyncio.CancelledError:
             if gen is not None:
@@ -178,13 +179,6 @@ class HTTPProxy:
         except Exception as e:  # the body is half sent: end it, the client sees it cut
             log.warning("stream from %s/%s failed: %s", app, dep, e)
         await send({"type": "http.response.body", "body": b""})
-
-
-def _shielded(cf):
-    """Await a concurrent future without cancelling it when the awaiting task is
-    cancelled (raylite resolves its futures later; a cancelled one would lose the
-    value, and the cleanup needs it)."""
-    return asyncio.shield(asyncio.wrap_future(cf))
 
 
 def _on_loop(fn):

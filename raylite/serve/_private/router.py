@@ -193,6 +193,33 @@ class Router:
         self._maybe_push(len(self._queue))
 
 
+def awaitable(cf: Future):
+    """An asyncio future on the running loop that takes ``cf``'s outcome; cancelling it
+    leaves ``cf`` alone (raylite resolves its futures later, from its IO thread, and
+    cleanup after a cancel may need the value). One future and one callback: cheaper
+    than ``asyncio.shield(asyncio.wrap_future(cf))``."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    af = loop.create_future()
+    if cf.done():
+        _copy_outcome(cf, af)
+    else:
+        cf.add_done_callback(lambda f: loop.call_soon_threadsafe(_copy_outcome, f, af))
+    return af
+
+
+def _copy_outcome(cf: Future, af) -> None:
+    if af.done():
+        return
+    if cf.cancelled():
+        af.cancel()
+    elif cf.exception() is not None:
+        af.set_exception(cf.exception())
+    else:
+        af.set_result(cf.result())
+
+
 # ---------------------------------------------------------------------- registry
 _routers: dict[tuple[str, str], Router] = {}
 _registry_lock = threading.Lock()
