@@ -23,8 +23,9 @@ requests are in flight until the list runs out. Measured:
 - floor: the model's decode step at batch N with HF's KV cache, 128 steps after a
   prefill: tokens/s with no waste and no scheduling;
 - HTTP: the same workload through ``/v1/completions`` with ``stream=true`` (httpx, N
-  async clients) on a 2-CPU raylite cluster: tokens/s, TTFT, ITL; and 15 requests one at
-  a time, their TTFT through HTTP beside the serving engine's own for the same requests;
+  async clients) on a 2-CPU raylite cluster: tokens/s, TTFT, ITL, the CPU time per token
+  of Serve's proxy process and of the clients (CPU time holds up under load); and 15
+  requests one at a time, their TTFT through HTTP beside the serving engine's own;
 - prefix caching: TTFT of a prompt whose 512-token prefix is cached, against the same
   prompt cold (the fastest of 3 prefixes each).
 
@@ -226,6 +227,8 @@ def run_prefix(model, repeats: int = 3) -> dict:
 
 def run_http(model, streams: tuple[int, ...], engine_ttft_1: float | None,
              repeats: int = 1, per_stream: int = 4) -> dict:
+    import psutil
+
     import raylite
     from raylite import serve
     from raylite.serve.llm import LLMConfig, build_openai_app
@@ -245,10 +248,12 @@ def run_http(model, streams: tuple[int, ...], engine_ttft_1: float | None,
             serve.run(build_openai_app({"llm_configs": [cfg]}), name="llm", route_prefix="/")
             url = f"http://127.0.0.1:{port}/v1/completions"
             asyncio.run(_http_round(url, workload(4, model.config.vocab_size, 99, 1)))
+            procs = {"proxy": _listener(port), "clients": psutil.Process()}
             for _ in range(repeats):
                 for n in streams:
                     out[str(n)] = _best(out.get(str(n)), asyncio.run(_http_round(
-                        url, workload(n, model.config.vocab_size, per_stream=per_stream))))
+                        url, workload(n, model.config.vocab_size, per_stream=per_stream),
+                        procs)))
             out["ttft_probe"] = _ttft_probe(url, serve.get_deployment_handle("LLMServer_m",
                                                                             "llm"))
         finally:
@@ -280,7 +285,24 @@ def _ttft_probe(url: str, server, n: int = 15) -> dict:
     return {"http_ttft_ms": h, "engine_ttft_ms": e, "gap_ms": h - e}
 
 
-async def _http_round(url: str, streams) -> dict:
+def _listener(port: int):
+    """The process listening on ``port`` (Serve's HTTP proxy), or None."""
+    import psutil
+
+    for c in psutil.net_connections("tcp"):
+        if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid:
+            return psutil.Process(c.pid)
+    return None
+
+
+def _cpu_s(procs: dict) -> dict:
+    return {k: sum(p.cpu_times()[:2]) for k, p in procs.items() if p is not None}
+
+
+async def _http_round(url: str, streams, procs: dict | None = None) -> dict:
+    """The workload through HTTP; with ``procs`` ({name: psutil.Process}) also their CPU
+    time per streamed token (CPU time holds up better than wall time on a loaded
+    machine: it says what the serving path costs, not how long it waited)."""
     import httpx
 
     times: dict[str, list[float]] = {}
@@ -312,11 +334,14 @@ async def _http_round(url: str, streams) -> dict:
                 p, n = queue.pop()
                 await one(f"r{len(queue)}", p, n)
 
+        cpu0 = _cpu_s(procs or {})
         t0 = time.perf_counter()
         await asyncio.gather(*(stream() for _ in streams))
         wall = time.perf_counter() - t0
+        cpu = {f"cpu_us_per_token_{k}": (v - cpu0[k]) / max(1, sum(counts)) * 1e6
+               for k, v in _cpu_s(procs or {}).items()}
     return {"tokens_per_s": sum(counts) / wall, "wall_s": wall, "tokens": sum(counts),
-            **latency_summary(times, start)}
+            **latency_summary(times, start), **cpu}
 
 
 # --------------------------------------------------------------------------- worker
@@ -398,7 +423,11 @@ def print_table(res: dict) -> None:
                           f"{r['ttft_p99_ms']:.1f} ms, ITL p50/p99 {r['itl_p50_ms']:.1f}/"
                           f"{r['itl_p99_ms']:.1f} ms" + (
                               f", {r['mean_batch']:.1f} sequences a step"
-                              if "mean_batch" in r else ""))
+                              if "mean_batch" in r else "") + (
+                              f", CPU per token: proxy "
+                              f"{r['cpu_us_per_token_proxy']:.0f} us, clients "
+                              f"{r['cpu_us_per_token_clients']:.0f} us"
+                              if "cpu_us_per_token_proxy" in r else ""))
     p = res["prefix"]
     print(f"  prefix cache (512-token prefix): TTFT {p['cold_ttft_ms']:.1f} -> "
           f"{p['warm_ttft_ms']:.1f} ms ({p['speedup']:.1f}x)")
