@@ -108,6 +108,53 @@ def test_result_timeout_and_cancel(serve_url):
     serve.delete("wait")
 
 
+def test_cancelling_a_request_cancels_the_requests_it_awaits(serve_url):
+    """As in Ray Serve: a request cancelled while it awaits a handle's response (or
+    iterates a stream) cancels that downstream request too."""
+
+    @serve.deployment(ray_actor_options=NO_CPU)
+    class Down:
+        def __init__(self):
+            self.seen = []
+
+        async def __call__(self, tag):
+            self.seen.append(f"{tag} started")
+            try:
+                await asyncio.Event().wait()
+            finally:  # CancelledError arrives here
+                self.seen.append(f"{tag} cancelled")
+
+        async def stream(self, tag):
+            yield "first"
+            await self(tag)
+
+        def events(self):
+            return list(self.seen)
+
+    @serve.deployment(ray_actor_options=NO_CPU)
+    class Up:
+        def __init__(self, down):
+            self.down = down
+
+        async def __call__(self, how):
+            if how == "await":
+                return await self.down.remote("awaited")
+            return [x async for x in self.down.options(stream=True).stream.remote("streamed")]
+
+    h = serve.run(Up.bind(Down.bind()), name="updown", route_prefix=None)
+    down = serve.get_deployment_handle("Down", "updown")
+    for how, tag in (("await", "awaited"), ("stream", "streamed")):
+        r = h.remote(how)
+        wait_for_condition(lambda t=tag: f"{t} started" in down.events.remote().result(),
+                           timeout=10)
+        r.cancel()
+        wait_for_condition(lambda t=tag: f"{t} cancelled" in down.events.remote().result(),
+                           timeout=10)
+        with pytest.raises(RequestCancelledError):
+            r.result(timeout_s=10)
+    serve.delete("updown")
+
+
 def test_streaming_through_a_handle(serve_url):
     sig = Signal.remote()
 
