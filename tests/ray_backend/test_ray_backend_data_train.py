@@ -8,6 +8,8 @@ Left out, each for its reason (the rest of those modules runs here):
 - ``test_torch_ddp_group_reports_and_retention``: it checks ``MASTER_ADDR ==
   "127.0.0.1"``, raylite's node address; Ray's node here is on the host's address
   (:func:`test_torch_trainer_on_ray_with_a_label_selector` checks a DDP run on Ray);
+- ``test_dataset_shards_are_disjoint_and_equal`` (it passes: 19-23 s here), for the Ray
+  tests' budget (``test_streaming_split_equal_across_epochs`` splits on Ray too);
 - ``test_equal_split_prefers_local_blocks``, ``test_local_mode_runs_in_the_driver``,
   ``test_scaling_config_validation``: they start no cluster (they run in the main suite).
 """
@@ -32,7 +34,6 @@ from test_data import (  # noqa: E402,F401  (collected here, with this directory
     test_streaming_split_equal_across_epochs,
 )
 from test_train import (  # noqa: E402,F401
-    test_dataset_shards_are_disjoint_and_equal,
     test_loop_error_carries_the_traceback,
     test_metrics_only_reports_never_wait,
 )

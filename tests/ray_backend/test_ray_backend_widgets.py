@@ -77,3 +77,35 @@ def test_autoscaler_view_says_ray_has_no_status_here(shared_cluster):
         assert "ray status" in view._header.value
     finally:
         view.close()
+
+
+def test_event_stream_on_ray_reports_actors_and_groups(shared_cluster):
+    import queue
+    import time
+
+    from raylite.util import state
+
+    @raylite.remote(num_cpus=0)
+    class Evented:
+        def ping(self):
+            return 1
+
+    with state.subscribe(["actor", "placement_group"]) as events:
+        a = Evented.options(name="evented").remote()
+        raylite.get(a.ping.remote())
+        g = placement_group([{"custom": 1}], name="evented-pg")
+        assert g.wait(60)
+        seen: set = set()
+        deadline = time.monotonic() + 30
+        while seen != {"actor", "placement_group"} and time.monotonic() < deadline:
+            try:
+                topic, body = events.get(timeout=1)
+            except queue.Empty:
+                continue
+            if (topic, body.get("name")) in (("actor", "evented"),
+                                             ("placement_group", "evented-pg")):
+                assert body["state"] in ("ALIVE", "CREATED")
+                seen.add(topic)
+        assert seen == {"actor", "placement_group"}
+        remove_placement_group(g)
+        raylite.kill(a)
