@@ -150,10 +150,10 @@ def _torch_worker(rank: int, world: int, port: int, epochs: int, out_dir: str):
 
 
 # ------------------------------------------------------------------ one run each
-def run_trainer(name: str, epochs: int, fits: int) -> list[dict]:
+def run_trainer(name: str, epochs: int, fits: int, idle_s: float = 0.0) -> list[dict]:
     """``fits`` fit()s, one after the other on one fresh 2-CPU cluster, under raylite
     (``name`` "raylite": workers preloaded with torch; "raylite_cold": not) or Ray
-    Train ("ray")."""
+    Train ("ray"); the first ``idle_s`` after init (a notebook's user between cells)."""
     import importlib
 
     if name == "ray":
@@ -170,6 +170,7 @@ def run_trainer(name: str, epochs: int, fits: int) -> list[dict]:
     out = []
     try:
         import torch  # noqa: F401  (the driver imports it after init, as a notebook's cell)
+        time.sleep(idle_s)  # not a wait for anything: the time a person takes
         for _ in range(fits):
             with tempfile.TemporaryDirectory() as d:
                 t0 = time.time()
@@ -211,19 +212,20 @@ def run_torch(epochs: int, fits: int) -> list[dict]:
     return out
 
 
-def one_run(name: str, epochs: int, fits: int) -> dict:
+def one_run(name: str, epochs: int, fits: int, idle_s: float) -> dict:
     """A run's figures: its first fit's, and the next fit's as ``refit_s`` and
     ``refirst_report_s`` (a notebook running its training cell again)."""
-    fit, *again = run_torch(epochs, fits) if name == "torch" else run_trainer(name, epochs,
-                                                                               fits)
+    fit, *again = (run_torch(epochs, fits) if name == "torch" else
+                   run_trainer(name, epochs, fits, idle_s))
     if again:
         fit |= {"refit_s": again[0]["fit_s"], "refirst_report_s": again[0]["first_report_s"],
                 "refit_preloaded": again[0].get("preloaded")}
     return fit
 
 
-def worker_main(name: str, epochs: int, repeats: int, fits: int, out_path: str) -> None:
-    runs = [one_run(name, epochs, fits) for _ in range(repeats)]
+def worker_main(name: str, epochs: int, repeats: int, fits: int, idle_s: float,
+                out_path: str) -> None:
+    runs = [one_run(name, epochs, fits, idle_s) for _ in range(repeats)]
     version = "?"
     try:
         if name == "ray":
@@ -246,9 +248,10 @@ def with_medians(r: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ the driver
 def measure(name: str, python: str, epochs: int, repeats: int, fits: int,
-            ray_poll_s: float | None = None) -> dict[str, Any]:
+            ray_poll_s: float | None = None, idle_s: float = 0.0) -> dict[str, Any]:
     cmd = [python, str(Path(__file__).resolve()), "--worker", "--framework", name,
-           "--epochs", str(epochs), "--repeats", str(repeats), "--fits", str(fits)]
+           "--epochs", str(epochs), "--repeats", str(repeats), "--fits", str(fits),
+           "--idle-s", str(idle_s)]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     if name == "ray" and ray_poll_s is not None:
         env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(ray_poll_s)
@@ -339,6 +342,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--fits", type=int, default=2, choices=(1, 2),
                    help="fits per cluster: 2 also measures fit() run again (refit_s)")
+    p.add_argument("--idle-s", type=float, default=0.0,
+                   help="seconds between init() and the first fit() (raylite and Ray: a "
+                        "notebook's next cell; default 0: fit() at once)")
     p.add_argument("--no-ray", action="store_true")
     p.add_argument("--ray-python", help="an interpreter with ray[train] and torch")
     p.add_argument("--ray-poll-s", type=float, default=RAY_POLL_S,
@@ -357,7 +363,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
     if a.worker:
-        worker_main(a.framework, a.epochs, a.repeats, a.fits, a.out)
+        worker_main(a.framework, a.epochs, a.repeats, a.fits, a.idle_s, a.out)
         return
     epochs, repeats, fits = (1, 1, 1) if a.quick else (a.epochs, a.repeats, a.fits)
     results: dict[str, Any] = {}
@@ -377,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     for rep in range(repeats):
         for name, python in list(pythons.items()):
             print(f"== {name} ({rep + 1}/{repeats})", flush=True)
-            r = measure(name, python, epochs, 1, fits, a.ray_poll_s)
+            r = measure(name, python, epochs, 1, fits, a.ray_poll_s, a.idle_s)
             if "runs" not in r:
                 results[name] = r
                 del pythons[name]
@@ -389,7 +395,8 @@ def main(argv: list[str] | None = None) -> None:
         results[name] = with_medians(results[name])
     ratios = compare(results)
     report = {"benchmark": "train", "quick": a.quick, "epochs": epochs, "repeats": repeats,
-              "fits": fits, "ray_train_health_check_interval_s": a.ray_poll_s,
+              "fits": fits, "idle_s": a.idle_s,
+              "ray_train_health_check_interval_s": a.ray_poll_s,
               "loop": {"rows": ROWS, "dim": DIM, "batch": BATCH, "workers": WORKERS},
               "machine": {"date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(),
                           "loadavg": os.getloadavg()},
