@@ -98,3 +98,21 @@ def test_a_missing_ray_says_which_extra_to_install():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=50, cwd=ROOT)
     assert "pip install 'raylite[ray]'" in out.stdout, out.stderr
+
+
+def test_own_runtime_only_says_why_a_cell_is_skipped(monkeypatch, capsys):
+    pytest.importorskip("ray")
+    from raylite.util import backend_name, own_runtime_only
+
+    monkeypatch.delenv(runtime.BACKEND_ENV, raising=False)
+    runtime.reset_backend()
+    try:
+        assert backend_name() == "raylite" and own_runtime_only("virtual nodes")
+        assert capsys.readouterr().out == ""
+        monkeypatch.setenv(runtime.BACKEND_ENV, "ray")
+        runtime.reset_backend()
+        assert backend_name() == "ray" and not own_runtime_only("virtual nodes")
+        assert "Skipped on the ray backend: this needs raylite's own runtime " \
+               "(virtual nodes)." in capsys.readouterr().out
+    finally:
+        runtime.reset_backend()
