@@ -90,6 +90,20 @@ def test_an_unknown_backend_is_refused():
         seam.init(backend="dask")
 
 
+def test_init_while_connected_keeps_the_backend_that_runs():
+    import raylite
+
+    raylite.init(num_cpus=1)
+    try:
+        with pytest.raises(RuntimeError, match="already called"):
+            raylite.init(backend="ray")
+        assert runtime.backend is own_backend and raylite.get(raylite.put(7)) == 7
+        assert raylite.init(backend="ray", ignore_reinit_error=True) is not None
+        assert runtime.backend is own_backend
+    finally:
+        raylite.shutdown()
+
+
 def test_a_missing_ray_says_which_extra_to_install():
     code = ("import sys; sys.modules['ray'] = None\n"  # what an environment without Ray sees
             "import raylite\n"

@@ -28,8 +28,14 @@ def init(address: str | None = None, *, backend: str | None = None, **options):
     ``ray.init``'s; needs ``pip install 'raylite[ray]'``). Without ``backend``,
     ``RAYLITE_BACKEND`` decides. Ray has no ``backend`` argument: this is raylite's seam.
     """
+    if runtime.core is not None:  # connected: its backend applies the re-init rules
+        return runtime.backend.init(address, **options)
     chosen = runtime.select_backend(backend or runtime.default_backend())
-    return chosen.init(address, **options)
+    try:
+        return chosen.init(address, **options)
+    except BaseException:  # nothing connected: choose again next time
+        runtime.reset_backend()
+        raise
 
 
 def shutdown() -> None:
