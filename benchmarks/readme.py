@@ -30,7 +30,7 @@ HOW = """\
 ## How to run
 
 ```bash
-make bench                              # = .venv/bin/python -m benchmarks (full, ~11 min)
+make bench                              # = .venv/bin/python -m benchmarks (full, ~25 min)
 make bench-env                          # once: the peers in .bench-venv (Ray, Dask, ipyparallel)
 python -m benchmarks --quick            # seconds to a minute or two, to benchmarks/results/quick/
 python -m benchmarks --quick --no-peers # raylite and the limits only (CI runs this)

@@ -1,6 +1,6 @@
 """The benchmark suite: every benchmark, raylite beside its peers and the physical limits.
 
-    python -m benchmarks                      # full: ~20 minutes on 2 cores with every peer
+    python -m benchmarks                      # full: ~30 minutes on 2 cores with every peer
     python -m benchmarks --quick              # seconds to a minute or two
     python -m benchmarks --quick --no-peers   # raylite and the limits only (what CI runs)
     make bench                                # = python -m benchmarks
