@@ -79,6 +79,7 @@ from test_tasks import (  # noqa: F401
 
 import raylite
 from raylite import exceptions as rex
+from raylite.testing import wait_for_condition
 from raylite.util import placement_group, placement_group_table, remove_placement_group, state
 from raylite.util.scheduling_strategies import (
     NodeAffinitySchedulingStrategy,
@@ -164,9 +165,16 @@ def test_errors_of_ray_are_raylites(shared_cluster):
     v = Victim.remote()
     assert raylite.get(v.ping.remote()) == 1
     raylite.kill(v)
-    with pytest.raises(rex.ActorDiedError) as info:
-        raylite.get(v.ping.remote(), timeout=60)
-    assert isinstance(info.value, rex.RayActorError)
+
+    def refused() -> bool:  # Ray's kill is asynchronous: a call right after it may still run
+        try:
+            raylite.get(v.ping.remote(), timeout=60)
+        except rex.ActorDiedError as e:
+            assert isinstance(e, rex.RayActorError)
+            return True
+        return False
+
+    wait_for_condition(refused, 60, message="calls to the killed actor raise ActorDiedError")
     with pytest.raises(rex.GetTimeoutError):
         raylite.get(where.options(label_selector={"zone": "nowhere"}).remote(), timeout=0.2)
 
@@ -203,7 +211,6 @@ def test_nested_refs_and_streaming_are_rays(shared_cluster):
 
 
 def test_state_api_sees_ray_actors_and_workers(shared_cluster):
-    from raylite.testing import wait_for_condition
 
     @raylite.remote
     class Named:
