@@ -105,6 +105,9 @@ class ObjectLostError(RayliteError):
         self.object_ref_hex = object_ref_hex
         super().__init__(message or f"Object {object_ref_hex} is lost.")
 
+    def __reduce__(self):  # rebuilt from its fields, not its message as the ref's hex
+        return type(self), (self.object_ref_hex, str(self))
+
 
 class OwnerDiedError(ObjectLostError):
     """The process that owned the object (created it) died, so its value is gone."""
@@ -124,6 +127,9 @@ class TaskCancelledError(RayliteError):
     def __init__(self, task_id: str | None = None):
         self.task_id = task_id
         super().__init__(f"Task {task_id} was cancelled." if task_id else "Task was cancelled.")
+
+    def __reduce__(self):  # rebuilt from its id, not its message (which would say it twice)
+        return type(self), (self.task_id,)
 
 
 class ObjectStoreFullError(RayliteError):

@@ -355,6 +355,48 @@ def test_cancelled_task_is_not_retried(cluster):
     assert ray.get(attempts.get.remote()) == 1
 
 
+@ray.remote
+class _BusyLoop:
+    """An async actor whose ``block`` holds its event loop (no await) until a file exists,
+    after it saw the next call queued on that loop, not yet an asyncio task."""
+
+    def __init__(self):
+        self.ran = []
+
+    async def block(self, queued: str, go: str):
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        while not loop._ready:  # the next call's start, handed over by the worker
+            time.sleep(0.005)
+        open(queued, "w").close()
+        while not os.path.exists(go):
+            time.sleep(0.01)
+
+    async def mark(self, x):
+        self.ran.append(x)
+
+    async def seen(self):
+        return self.ran
+
+
+def test_cancel_of_an_async_actor_call_before_its_task_exists(cluster, tmp_path):
+    """A cancel that comes after the worker handed the call to the actor's loop but
+    before the loop made it a task: the call never runs and raises TaskCancelledError
+    (it was dropped, and the call ran to its end)."""
+    actor = _BusyLoop.remote()
+    queued, go = tmp_path / "queued", tmp_path / "go"
+    blocker = actor.block.remote(str(queued), str(go))
+    call = actor.mark.remote(1)
+    wait_for_condition(queued.exists, 30, message="the call queued on the blocked loop")
+    ray.cancel(call)
+    go.touch()
+    with pytest.raises(rexc.TaskCancelledError):
+        ray.get(call, timeout=30)
+    ray.get(blocker, timeout=30)
+    assert ray.get(actor.seen.remote(), timeout=30) == []
+
+
 def test_cancel_finished_task_is_noop(cluster):
     ref = ray.put(1)
     ray.cancel(ref)
@@ -605,3 +647,26 @@ def test_retry_exceptions_via_options(shared_cluster):
 
     opts = {"retry_exceptions": [RuntimeError], "max_retries": 1}
     assert ray.get(flaky.options(**opts).remote(attempts), timeout=10) == "ok"
+
+
+def test_every_exception_crosses_a_process_unchanged():
+    """Errors travel pickled from workers: each comes back with its type, message and
+    fields (a class rebuilt from its message said "Task Task ... was cancelled. was
+    cancelled.")."""
+    import inspect
+    import pickle
+
+    checked = 0
+    for name, cls in inspect.getmembers(rexc, inspect.isclass):
+        if not issubclass(cls, BaseException) or cls.__module__ != rexc.__name__:
+            continue
+        required = [p for p in list(inspect.signature(cls.__init__).parameters.values())[1:]
+                    if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD]
+        err = cls(*[f"a{i}" for i in range(len(required))])
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is cls and str(back) == str(err), name
+        assert vars(back) == vars(err), name
+        checked += 1
+    assert checked > 10
+    assert str(pickle.loads(pickle.dumps(rexc.TaskCancelledError("ab12")))) == \
+        "Task ab12 was cancelled."

@@ -58,7 +58,8 @@ class Executor:
         self.pool = None
         self.loop = None
         self.async_sem = None
-        self.async_tasks: dict[bytes, object] = {}
+        self.async_tasks: dict[bytes, object] = {}  # async actor calls: tid -> task
+        self.async_cancelled: set[bytes] = set()  # ... cancelled, whether begun or not
         # named concurrency groups: name -> a thread pool (threaded actor) or an
         # (event loop, semaphore) pair (async actor); the default group is the fields above
         self.group_pools: dict[str, ThreadPoolExecutor] = {}
@@ -289,11 +290,13 @@ class Executor:
     def cancel(self, tid: bytes, force: bool, reply_to: str) -> None:
         """IO thread: the owner cancels ``tid``. A task not started yet is skipped and
         answered at once; a running one gets TaskCancelledError (through SIGINT)."""
-        fut = self.async_tasks.get(tid)
-        if fut is not None:
-            fut.get_loop().call_soon_threadsafe(fut.cancel)
-            return
         with self.lock:
+            if tid in self.async_tasks:  # an async actor call: on its loop, maybe not begun
+                self.async_cancelled.add(tid)  # so it never begins (see submit_async)
+                fut = self.async_tasks[tid]
+                if fut is not None:  # it may be awaiting: interrupt it there
+                    fut.get_loop().call_soon_threadsafe(fut.cancel)
+                return
             if self.running == tid:
                 if force:
                     os.kill(os.getpid(), signal.SIGKILL)
@@ -454,6 +457,8 @@ class Executor:
                 self.actor_context()
                 runtime.task_context.task_id = tid
                 try:
+                    if tid in self.async_cancelled:  # cancelled before it began: a
+                        raise asyncio.CancelledError  # cancel queued behind it comes late
                     args, kwargs = self.resolve_args(body)
                     result = fn(*args, **kwargs)
                     if inspect.isawaitable(result):
@@ -469,7 +474,9 @@ class Executor:
                     return self.error_reply(tid, method, e)
 
         def done(fut):
-            self.async_tasks.pop(tid, None)
+            with self.lock:
+                self.async_tasks.pop(tid, None)
+                self.async_cancelled.discard(tid)
             try:
                 reply = fut.result()
             except BaseException as e:  # noqa: BLE001 - cancelled before it started
@@ -478,9 +485,11 @@ class Executor:
             self.reply(body["owner"], reply)
 
         def start():
-            task = loop.create_task(call())
-            self.async_tasks[tid] = task
+            with self.lock:
+                task = self.async_tasks[tid] = loop.create_task(call())
             task.add_done_callback(done)
+        with self.lock:
+            self.async_tasks[tid] = None  # a cancel from now on finds it (see cancel)
         loop.call_soon_threadsafe(start)
 
 
