@@ -134,7 +134,15 @@ def test_token_required_off_loopback(cli, tmp_path):
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.connect(f"tcp://127.0.0.1:{port}")
-    sock.send_multipart([b"cluster_info", pickle.dumps(Evil())])
+
+    def sent() -> bool:  # between refused handshakes there may be no pipe: never block
+        try:
+            sock.send_multipart([b"cluster_info", pickle.dumps(Evil())], flags=zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
+    wait_for_condition(sent, 30, message="the pickle queued for the head")
     log_path = tmp_path / "raylite" / "logs" / "head.log"
     wait_for_condition(lambda: log_path.exists() and "refused" in log_path.read_text())
     sock.close(linger=0)
