@@ -16,7 +16,9 @@ types, errors, what the state API can see) the README's table says so.
 
 from __future__ import annotations
 
-from raylite.core import runtime
+import inspect
+
+from raylite.core import lifecycle, runtime
 
 
 def init(address: str | None = None, *, backend: str | None = None, **options):
@@ -36,6 +38,12 @@ def init(address: str | None = None, *, backend: str | None = None, **options):
     except BaseException:  # nothing connected: choose again next time
         runtime.reset_backend()
         raise
+
+
+# help(raylite.init) shows raylite's own options too (the Ray options it ignores among them)
+init.__doc__ = inspect.cleandoc(init.__doc__ or "") + \
+    "\n\nOn raylite's own runtime (``lifecycle.init``):\n\n" + \
+    inspect.cleandoc(lifecycle.init.__doc__ or "")
 
 
 def shutdown() -> None:
