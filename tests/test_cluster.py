@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-import zmq
+from fixtures import refused_dealer
 
 import raylite
 from raylite.cluster_utils import Cluster
@@ -131,22 +131,11 @@ def test_token_required_off_loopback(cli, tmp_path):
         def __reduce__(self):
             return (os.system, (f"touch {pwned}",))
 
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.connect(f"tcp://127.0.0.1:{port}")
-
-    def sent() -> bool:  # between refused handshakes there may be no pipe: never block
-        try:
-            sock.send_multipart([b"cluster_info", pickle.dumps(Evil())], flags=zmq.NOBLOCK)
-            return True
-        except zmq.Again:
-            return False
-
-    wait_for_condition(sent, 30, message="the pickle queued for the head")
-    log_path = tmp_path / "raylite" / "logs" / "head.log"
-    wait_for_condition(lambda: log_path.exists() and "refused" in log_path.read_text())
-    sock.close(linger=0)
-    ctx.term()
+    with refused_dealer(f"tcp://127.0.0.1:{port}") as peer:
+        peer.send([b"cluster_info", pickle.dumps(Evil())])
+        peer.wait_refused()
+        log_path = tmp_path / "raylite" / "logs" / "head.log"
+        wait_for_condition(lambda: log_path.exists() and "refused" in log_path.read_text())
     assert not pwned.exists()
     with pytest.raises(ConnectionError, match="token"):
         raylite.init(address=f"127.0.0.1:{port}", _token="not-the-token")

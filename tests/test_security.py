@@ -14,11 +14,10 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
-import zmq
+from fixtures import refused_dealer
 
 import raylite
 from raylite.core import protocol as P
@@ -60,18 +59,11 @@ def _ports(ctx_addr: str) -> dict:
 
 
 def _send_raw(addr: str, frames: list, *, password: bytes | None = None) -> None:
-    ctx = zmq.Context()
-    try:
-        s = ctx.socket(zmq.DEALER)
-        if password is not None:
-            s.plain_username, s.plain_password = b"raylite", password
-        s.linger = 1000
-        s.connect(addr)
-        s.send_multipart(frames)
-        time.sleep(0.3)  # give the handshake its chance (it must fail)
-        s.close()
-    finally:
-        ctx.term()
+    """Send ``frames`` as a peer without the token would; returns once ``addr`` refused
+    the handshake (so it never read them)."""
+    with refused_dealer(addr, password=password) as peer:
+        peer.send(frames)
+        peer.wait_refused()
 
 
 @raylite.remote
@@ -92,8 +84,7 @@ def test_unauthenticated_pickles_never_run_on_any_port(tmp_path):
                           password=password)
                 _send_raw(addr, [b"x", b"execute", pickle.dumps({"evil": Evil(mark)})],
                           password=password)
-        time.sleep(0.5)  # anything that ran would have created its file by now
-        assert not list(tmp_path.glob("pwned-*"))
+        assert not list(tmp_path.glob("pwned-*"))  # every handshake was refused
         assert raylite.get(double.remote(21)) == 42  # and the cluster still serves
     finally:
         raylite.shutdown()
