@@ -28,36 +28,28 @@ from raylite.core.api import (  # noqa: F401  (the backend's names)
 )
 from raylite.core.lifecycle import init, shutdown  # noqa: F401
 from raylite.core.remote_function import RemoteFunction
-from raylite.core.runtime_api import EventSubscription
-from raylite.util.placement_group import (  # noqa: F401
-    own_create_placement_group as placement_group,
-)
-from raylite.util.placement_group import (  # noqa: F401
-    own_get_current_placement_group as get_current_placement_group,
-)
-from raylite.util.placement_group import (  # noqa: F401
-    own_get_placement_group as get_placement_group,
-)
-from raylite.util.placement_group import (  # noqa: F401
-    own_placement_group_table as placement_group_table,
-)
-from raylite.util.placement_group import (  # noqa: F401
-    own_remove_placement_group as remove_placement_group,
+from raylite.core.runtime_api import EventSubscription, _connected
+from raylite.util.placement_group import (
+    own_create_placement_group,
+    own_get_current_placement_group,
+    own_get_placement_group,
+    own_placement_group_table,
+    own_remove_placement_group,
 )
 
 NAME = "raylite"
+
+# placement groups: raylite's head (the public functions check the arguments first)
+placement_group = own_create_placement_group
+remove_placement_group = own_remove_placement_group
+get_placement_group = own_get_placement_group
+placement_group_table = own_placement_group_table
+get_current_placement_group = own_get_current_placement_group
 
 # ``f.remote()`` / ``Cls.remote()``: the core's own submission, unchanged
 submit_task = RemoteFunction._submit
 create_actor = ActorClass._create
 subscribe_events = EventSubscription
-
-
-def _connected(session=None):
-    core = session if session is not None else runtime.core
-    if core is None:
-        raise RuntimeError("raylite is not initialized")
-    return core
 
 
 def cluster_state(*sections: str, limit: int | None = None, session=None,
