@@ -357,21 +357,24 @@ def test_cancelled_task_is_not_retried(cluster):
 
 @ray.remote
 class _BusyLoop:
-    """An async actor whose ``block`` holds its event loop (no await) until a file exists,
-    after it saw the next call queued on that loop, not yet an asyncio task."""
+    """An async actor whose ``block`` holds its event loop (no await) while the next call
+    is handed to that loop and has not begun (an asyncio task whose first step is queued,
+    or not yet a task), until the worker has received the cancel of that call. It reads
+    the worker's executor (white box): ``ray.cancel`` only sends a message, so nothing
+    outside the worker can tell when it has landed."""
 
     def __init__(self):
         self.ran = []
 
-    async def block(self, queued: str, go: str):
-        import asyncio
+    async def block(self, queued: str):
+        from raylite.core import runtime
 
-        loop = asyncio.get_running_loop()
-        while not loop._ready:  # the next call's start, handed over by the worker
+        executor = runtime.core.cancel_hook.__self__
+        while len(executor.async_tasks) < 2:  # the next call, handed over behind this one
             time.sleep(0.005)
         open(queued, "w").close()
-        while not os.path.exists(go):
-            time.sleep(0.01)
+        while not executor.async_cancelled:  # its cancel has arrived
+            time.sleep(0.005)
 
     async def mark(self, x):
         self.ran.append(x)
@@ -382,15 +385,15 @@ class _BusyLoop:
 
 def test_cancel_of_an_async_actor_call_before_its_task_exists(cluster, tmp_path):
     """A cancel that comes after the worker handed the call to the actor's loop but
-    before the loop made it a task: the call never runs and raises TaskCancelledError
-    (it was dropped, and the call ran to its end)."""
+    before it began: the call never runs and raises TaskCancelledError (the cancel was
+    queued behind the call's first step, or dropped before its task existed, and the call
+    ran to its end)."""
     actor = _BusyLoop.remote()
-    queued, go = tmp_path / "queued", tmp_path / "go"
-    blocker = actor.block.remote(str(queued), str(go))
+    queued = tmp_path / "queued"
+    blocker = actor.block.remote(str(queued))
     call = actor.mark.remote(1)
     wait_for_condition(queued.exists, 30, message="the call queued on the blocked loop")
     ray.cancel(call)
-    go.touch()
     with pytest.raises(rexc.TaskCancelledError):
         ray.get(call, timeout=30)
     ray.get(blocker, timeout=30)

@@ -60,7 +60,8 @@ def _ddp_loop(config):
         w = torch.cat([p.detach().flatten() for p in model.parameters()])
         gathered = [torch.zeros_like(w) for _ in range(ctx.get_world_size())]
         dist.all_gather(gathered, w)
-        metrics = {"epoch": epoch, "loss": float(loss.detach()), "val": {"loss": [10 - epoch, epoch]},
+        metrics = {"epoch": epoch, "loss": float(loss.detach()),
+                   "val": {"loss": [10 - epoch, epoch]},
                    "same_weights": all(torch.equal(gathered[0], g) for g in gathered),
                    "env": {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK",
                                                       "MASTER_ADDR")},
