@@ -28,7 +28,7 @@ lab: setup
 		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: setup
-	$(PY) -m pytest -x -q tests
+	$(PY) -m pytest -x -q --durations=25 tests
 
 # The benchmark suite (benchmarks/README.md): raylite beside the peers it finds and the
 # machine's limits. BENCH_ARGS=--quick for a short run; `make bench-env` installs the peers.

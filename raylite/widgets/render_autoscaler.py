@@ -10,6 +10,7 @@ report is left out, never an error.
 
 from __future__ import annotations
 
+import html
 import time
 
 from raylite.widgets import render as R
@@ -255,7 +256,7 @@ def autoscaler_header(status: dict | None, last: dict | None, note: str | None =
     else how to start raylite's autoscaler."""
     if not status:
         if note:
-            return f'<div style="{R.FONT}"><b>autoscaler</b> · {note}</div>'
+            return f'<div style="{R.FONT}"><b>autoscaler</b> · {html.escape(note)}</div>'
         return (f'<div style="{R.FONT}"><b>autoscaler</b> · no report yet (start one with '
                 f"<code>raylite.autoscaler.start(config)</code> or "
                 f"<code>raylite.init(autoscaler=...)</code>)</div>")

@@ -93,7 +93,8 @@ def init(address: str | None = None, *, ignore_reinit_error: bool = False,
     process Ray has connected already (a Ray worker, or a driver that called
     ``ray.init``) it joins that connection and leaves it open at ``shutdown``.
     ``enable_zero_copy_torch_tensors`` sets Ray's ``RAY_ENABLE_ZERO_COPY_TORCH_TENSORS``
-    for this driver and the job's workers. Joining a running cluster (``address`` or
+    for this driver (also when Ray was imported already: each init may change it) and
+    the job's workers. Joining a running cluster (``address`` or
     ``RAY_ADDRESS``), the node options (``num_cpus``, ``num_gpus``, ``resources``,
     ``labels``, ``object_store_memory``) are ignored, as on raylite's own runtime (Ray
     raises). raylite's own-runtime options (``nodes``, ``autoscaler``, ...) raise
@@ -115,6 +116,13 @@ def init(address: str | None = None, *, ignore_reinit_error: bool = False,
             env = dict(env or {})
             env["env_vars"] = dict(env.get("env_vars") or {},
                                    RAY_ENABLE_ZERO_COPY_TORCH_TENSORS=flag)
+            # Ray reads the variable once, when it is imported, into a constant that each
+            # connection's serializer reads: set that too, so a second init with another
+            # value takes effect in this driver (a private name of Ray's)
+            from ray._private import ray_constants
+
+            ray_constants.RAY_ENABLE_ZERO_COPY_TORCH_TENSORS = bool(
+                enable_zero_copy_torch_tensors)
         owns = not ray.is_initialized()
         if owns and (address or os.environ.get("RAY_ADDRESS")):
             # joining a running cluster: its nodes are what `ray start` made them (as on

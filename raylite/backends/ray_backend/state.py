@@ -27,7 +27,7 @@ from raylite.backends.ray_backend.session import ensure
 from raylite.core import runtime
 
 NO_AUTOSCALER = ("no autoscaler status on the Ray backend: raylite does not read Ray's "
-                 "autoscaler (see <code>ray status</code>)")
+                 "autoscaler (see 'ray status')")
 ALL = ("nodes", "workers", "actors", "placement_groups", "tasks", "demand", "autoscaler")
 _TASK_STATES = {"FINISHED": "FINISHED", "FAILED": "FAILED", "RUNNING": "RUNNING"}
 
