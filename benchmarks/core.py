@@ -188,10 +188,15 @@ def worker_main(name: str, repeats: int, sync_calls: int, out_path: str) -> None
 
 def worker_env(framework: str) -> dict[str, str]:
     """The environment of a measuring subprocess: Ray's usage stats off, and raylite
-    importable from a checkout without installing."""
+    importable from a checkout without installing. ``raylite`` runs on its own runtime
+    whatever ``RAYLITE_BACKEND`` says; ``raylite-on-ray`` starts a fresh local Ray, never
+    joins the one ``RAY_ADDRESS`` names."""
     env = dict(os.environ, RAY_DISABLE_USAGE_STATS="1")
-    if framework == "raylite":
+    if framework.startswith("raylite"):
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env.pop("RAYLITE_BACKEND", None)
+    if framework == "raylite-on-ray":
+        env.pop("RAY_ADDRESS", None)
     return env
 
 

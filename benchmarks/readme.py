@@ -13,12 +13,13 @@ STEP_PLOTS = [  # (file, caption) of the steps' own plots
     ("core.png", "Core runtime, raylite vs Ray, against issue #2's targets (`core.py`)"),
     ("object_transfer.png", "Objects from 1 KiB to 1 GiB: NumPy, torch with the zero-copy "
                             "flag on and off, raylite vs Ray vs memcpy (`object_transfer.py`)"),
-    ("serve.png", "Serve: throughput and p99 latency against client concurrency; "
-                  "autoscaling decision time against window size (`serve.py`)"),
+    ("serve.png", "Serve: throughput and p99 latency against client concurrency, raylite, "
+                  "Ray Serve and raylite on Ray; autoscaling decision time against window "
+                  "size (`serve.py`)"),
     ("scheduling.png", "Autoscaler decision time; placement groups and queued tasks "
                        "(`scheduling.py`)"),
     ("train.png", "Train: one 2-worker DDP loop, raylite with and without torch preloaded, "
-                  "plain torch.distributed and Ray Train (`train.py`)"),
+                  "raylite on Ray, plain torch.distributed and Ray Train (`train.py`)"),
 ]
 SUITE_PLOTS = [
     ("ratios.png", "Every framework and the limit as times better than Ray (log scale)"),
@@ -66,7 +67,9 @@ WHAT = """\
   the array itself). torch rows: a CPU tensor with the zero-copy flag on and off
   (`RAYLITE_`/`RAY_ENABLE_ZERO_COPY_TORCH_TENSORS`).
 - **serve** (`serve.py`): a no-op deployment; `wrk -t1 -c8` over HTTP; 8 asyncio clients
-  on a handle.
+  on a handle. *raylite on Ray*: the same raylite.serve code on the Ray backend
+  (`init(backend="ray", num_cpus=2)`, a fresh local Ray): its controller, proxy and
+  replicas are Ray actors.
 - **scheduling** (`scheduling.py`): 100 one-bundle placement groups created, awaited,
   removed; 10,000 queued no-op tasks.
 - **train** (`train.py`): the same 2-worker DDP loop (MLP 64-512-512-1, gloo, 32,768
@@ -76,8 +79,12 @@ WHAT = """\
   pool forked with torch already imported (`init(preload=["torch"])`; the driver imports
   torch after `init`, as a notebook's later cell would); *fit() again*: a second `fit()`
   on the same cluster, as a notebook running its training cell again. The limit is plain
-  torch.distributed started by `torch.multiprocessing.spawn`. `train.json` also has
-  raylite without preloading.
+  torch.distributed started by `torch.multiprocessing.spawn`. *raylite on Ray*: the same
+  raylite TorchTrainer on the Ray backend (a fresh local Ray; its workers are Ray actors,
+  nothing preloaded). `train.json` also has raylite without preloading.
+- **ray backend** (`ray_backend.py`): raylite's core API on a Ray session
+  (`init(backend="ray")`) beside the very same Ray calls made directly, in shuffled
+  rounds: the seam's own cost.
 - **limits** (`limits.py`): the floors of raylite's design on this machine. pyzmq
   DEALER/ROUTER over
   `tcp://127.0.0.1` between two processes (raylite's transport): one 64-byte message out
@@ -109,9 +116,9 @@ def render(summary: dict[str, Any], out: Path, plots: list[str], where: Path) ->
         "<!-- Written by `python -m benchmarks` (benchmarks/suite.py, readme.py): edits here "
         "are overwritten. -->",
         "",
-        "raylite beside Ray (with and without its zero-copy torch flag), Dask distributed, "
-        "ipyparallel and multiprocessing, and the physical limits of the machine, measured "
-        "in one run on one machine.",
+        "raylite beside Ray (with and without its zero-copy torch flag), raylite's "
+        "libraries on the Ray backend, Dask distributed, ipyparallel and multiprocessing, "
+        "and the physical limits of the machine, measured in one run on one machine.",
         "",
         f"## Latest run ({mode})",
         "",

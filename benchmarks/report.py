@@ -150,7 +150,7 @@ def serve_rows(reports: dict[str, Any]) -> list[Row]:
         ("handle", "rps", "Serve handle, 1 replica, 8 clients", "req/s", True),
     ):
         values = {}
-        for fw in ("raylite", "ray"):
+        for fw in ("raylite", "ray", "raylite-on-ray"):
             for r in serve.get(fw, {}).get("rows", ()):
                 if (r["via"], r["replicas"], r["concurrency"]) == (via, 1, 8):
                     runs = [run[key] for run in r.get("runs", [r])]
@@ -195,7 +195,8 @@ def train_rows(reports: dict[str, Any]) -> list[Row]:
 
     rows = []
     for key, label, unit in TRAIN_METRICS:
-        values = {fw: s for fw in ("raylite", "ray") if (s := stats(results.get(fw, {}), key))}
+        values = {fw: s for fw in ("raylite", "ray", "raylite-on-ray")
+                  if (s := stats(results.get(fw, {}), key))}
         # plain torch has nothing to do for a metrics-only report: no floor there
         floor = None if key == "metrics_report_ms" else stats(results.get("torch", {}), key)
         if values:

@@ -1,5 +1,6 @@
 """Serve benchmark: a no-op deployment over HTTP and through handles, raylite beside Ray
-Serve; and the cost of one autoscaling decision against the size of the metric window.
+Serve and raylite's Serve on the Ray backend; and the cost of one autoscaling decision
+against the size of the metric window.
 
 Run from the repository root:
 
@@ -8,8 +9,16 @@ Run from the repository root:
 Each framework runs in its own fresh subprocess (this script re-invokes itself with
 ``--worker --framework NAME``), on a 2-CPU cluster (``init(num_cpus=2)``) with the
 deployment's default options (``max_ongoing_requests=5``, one CPU per replica) except
-``num_replicas``. Ray runs under ``--ray-python``, else ``$RAY_PYTHON``, else the current
-interpreter, and is skipped with a note when ``ray.serve`` cannot be imported there.
+``num_replicas``. Frameworks:
+
+- ``raylite``: raylite.serve on raylite's own runtime;
+- ``ray``: Ray Serve, under ``--ray-python``, else ``$RAY_PYTHON``, else the current
+  interpreter; skipped with a note when ``ray.serve`` cannot be imported there;
+- ``raylite-on-ray``: the very same raylite.serve code as ``raylite``, on the Ray backend
+  (``raylite.init(backend="ray", num_cpus=2)``: a fresh local Ray, dashboard off, stopped
+  at ``shutdown``), so raylite's controller, proxy and replicas are Ray actors. It needs
+  raylite and Ray in one interpreter: this one when it imports ray, else the Ray one
+  (raylite from this checkout); skipped with a note when ray cannot be imported there.
 
 Measured, for 1 and 2 replicas and client concurrencies 1, 8 and 32, after a warm-up, as
 the medians of 3 runs of 3 s per point (``--quick``: one run of 2 s):
@@ -34,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib
 import json
 import os
 import random
@@ -48,10 +58,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._runner import run_json  # noqa: E402
+from benchmarks._runner import python_has, run_json  # noqa: E402
 from benchmarks.core import RESULTS, ROOT, _shown, machine_info, worker_env  # noqa: E402
 
-FRAMEWORKS = ("raylite", "ray")
+FRAMEWORKS = ("raylite", "ray", "raylite-on-ray")
+TITLES = {"raylite": "raylite", "ray": "Ray Serve", "raylite-on-ray": "raylite on Ray"}
+# framework -> (the package whose init and serve it uses, init's options beside num_cpus)
+SETUPS = {"raylite": ("raylite", {}),
+          "ray": ("ray", {"include_dashboard": False}),
+          "raylite-on-ray": ("raylite", {"backend": "ray", "include_dashboard": False})}
 REPLICAS = (1, 2)
 CONCURRENCY = (1, 8, 32)
 WINDOW_POINTS = (10, 100, 1_000, 10_000, 100_000, 1_000_000)
@@ -130,10 +145,10 @@ def _median(runs: list[dict[str, float]]) -> dict[str, float]:
 def measure(name: str, seconds: float, repeats: int, replicas: tuple[int, ...] = REPLICAS,
             concurrency: tuple[int, ...] = CONCURRENCY) -> list[dict[str, Any]]:
     """Every HTTP and handle point for framework ``name``, in this process."""
-    fw = __import__(name)
-    serve = __import__(f"{name}.serve", fromlist=["serve"])
-    kwargs = {"num_cpus": 2} | ({"include_dashboard": False} if name == "ray" else {})
-    fw.init(**kwargs)
+    package, options = SETUPS[name]
+    fw = importlib.import_module(package)
+    serve = importlib.import_module(f"{package}.serve")
+    fw.init(num_cpus=2, **options)
     rows = []
     try:
         port = _free_port()
@@ -165,15 +180,20 @@ def measure(name: str, seconds: float, repeats: int, replicas: tuple[int, ...] =
 def worker_main(name: str, seconds: float, repeats: int, out_path: str,
                 replicas: tuple[int, ...] = REPLICAS,
                 concurrency: tuple[int, ...] = CONCURRENCY) -> None:
+    package = SETUPS[name][0]
+    needs = [f"{package}.serve", *(["ray"] if name == "raylite-on-ray" else [])]
     try:
-        fw = __import__(name)
-        __import__(f"{name}.serve")
+        for module in needs:
+            importlib.import_module(module)
     except ImportError as exc:
-        result: dict[str, Any] = {"skipped": f"cannot import {name}.serve: {exc}"}
+        result: dict[str, Any] = {"skipped": f"cannot import {', '.join(needs)}: {exc}"}
     else:
+        fw = sys.modules[package]
         result = {"version": getattr(fw, "__version__", "unknown"),
                   "executable": sys.executable,
                   "rows": measure(name, seconds, repeats, replicas, concurrency)}
+        if name == "raylite-on-ray":
+            result["ray_version"] = sys.modules["ray"].__version__
     Path(out_path).write_text(json.dumps(result))
 
 
@@ -188,6 +208,12 @@ def run_worker(name: str, python: str, seconds: float, repeats: int,
            "--seconds", str(seconds), "--repeats", str(repeats),
            "--replicas", *map(str, replicas), "--concurrency", *map(str, concurrency)]
     return run_json(cmd, timeout_s=WORKER_TIMEOUT_S, env=worker_env(name), cwd=ROOT, echo=None)
+
+
+def raylite_on_ray_python(ray_python: str) -> str:
+    """The interpreter for raylite on the Ray backend: this one when it imports ray (the
+    [ray] extra), else the Ray one, where raylite comes from this checkout."""
+    return sys.executable if python_has(sys.executable, "ray") else ray_python
 
 
 def decision_times(points: tuple[int, ...], repeats: int) -> list[dict[str, float]]:
@@ -261,8 +287,9 @@ def _row(result: dict, via: str, replicas: int, c: int) -> dict | None:
 
 def print_table(results: dict[str, dict[str, Any]], decisions: list[dict]) -> None:
     print(f"\nServe benchmarks (no-op deployment), os.cpu_count()={os.cpu_count()}")
-    header = (f"{'via':<7}{'replicas':>8}{'clients':>8}   {'raylite rps':>11}{'p50 ms':>8}"
-              f"{'p99 ms':>8}   {'ray rps':>9}{'p50 ms':>8}{'p99 ms':>8}")
+    widths = {name: max(9, len(TITLES[name]) + 4) for name in FRAMEWORKS}
+    header = f"{'via':<7}{'replicas':>8}{'clients':>8}" + "".join(
+        f"   {TITLES[n] + ' rps':>{widths[n]}}{'p50 ms':>8}{'p99 ms':>8}" for n in FRAMEWORKS)
     print(header)
     print("-" * len(header))
     for via in ("http", "handle"):
@@ -271,7 +298,7 @@ def print_table(results: dict[str, dict[str, Any]], decisions: list[dict]) -> No
                 cells = []
                 for name in FRAMEWORKS:
                     r = _row(results[name], via, replicas, c)
-                    width = 11 if name == "raylite" else 9
+                    width = widths[name]
                     cells.append("   " + (f"{r['rps']:>{width},.0f}{r['p50_ms']:>8.1f}"
                                           f"{r['p99_ms']:>8.1f}" if r else
                                           f"{'-':>{width}}{'-':>8}{'-':>8}"))
@@ -303,7 +330,7 @@ def plot(results: dict[str, dict[str, Any]], decisions: list[dict], path: Path) 
         print("plot skipped: matplotlib is not installed")
         return
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    styles = {"raylite": "tab:blue", "ray": "tab:orange"}
+    styles = {"raylite": "tab:blue", "ray": "tab:orange", "raylite-on-ray": "tab:olive"}
     panels = [(axes[0][0], "http", "rps", "HTTP requests/s"),
               (axes[0][1], "http", "p99_ms", "HTTP p99 latency (ms)"),
               (axes[1][0], "handle", "rps", "handle requests/s")]
@@ -314,7 +341,8 @@ def plot(results: dict[str, dict[str, Any]], decisions: list[dict], path: Path) 
                        if (r := _row(results[name], via, replicas, c))]
                 if pts:
                     ax.plot(*zip(*pts, strict=True), ls, marker="o", color=styles[name],
-                            label=f"{name}, {replicas} replica{'s' * (replicas > 1)}")
+                            label=f"{TITLES[name]}, {replicas} replica"
+                                  f"{'s' * (replicas > 1)}")
         ax.set_xscale("log", base=2)
         ax.set_xticks(CONCURRENCY, [str(c) for c in CONCURRENCY])
         ax.set_xlabel("client concurrency")
@@ -335,7 +363,8 @@ def plot(results: dict[str, dict[str, Any]], decisions: list[dict], path: Path) 
         ax.set_title("autoscaling decision time")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle("Serve: raylite vs Ray Serve, no-op deployment (2 CPUs)")
+    fig.suptitle("Serve: raylite, Ray Serve and raylite's Serve on the Ray backend, no-op "
+                 "deployment (2 CPUs)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"saved {_shown(path)}")
@@ -352,7 +381,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"client concurrencies (default {CONCURRENCY})")
     p.add_argument("--window-points", type=int, nargs="+", default=WINDOW_POINTS,
                    help="autoscaling window sizes to time decisions at")
-    p.add_argument("--no-ray", action="store_true", help="measure raylite only")
+    p.add_argument("--no-ray", action="store_true",
+                   help="measure raylite only (neither Ray Serve nor raylite on Ray)")
     p.add_argument("--framework", choices=FRAMEWORKS, help="measure only this framework")
     p.add_argument("--ray-python", default=os.environ.get("RAY_PYTHON", sys.executable),
                    help="interpreter with ray[serve] installed (default: $RAY_PYTHON, else "
@@ -375,8 +405,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
-    names = [args.framework] if args.framework else ["raylite"] + ([] if args.no_ray else ["ray"])
+    names = ([args.framework] if args.framework else
+             ["raylite"] + ([] if args.no_ray else ["ray", "raylite-on-ray"]))
     pythons = {"raylite": sys.executable, "ray": args.ray_python}
+    if "raylite-on-ray" in names:
+        pythons["raylite-on-ray"] = raylite_on_ray_python(args.ray_python)
     results: dict[str, dict[str, Any]] = {}
     for name in FRAMEWORKS:
         if name not in names:

@@ -17,11 +17,13 @@ its own, after a warm-up, as medians of repeats with min-max:
 - ``scheduling``  autoscaler decisions; placement groups and queued tasks beside Ray
                   (``scheduling.py``);
 - ``serve``       HTTP (needs ``wrk``) and handle throughput and latency against client
-                  concurrency, beside Ray Serve (``serve.py``);
+                  concurrency, beside Ray Serve and raylite's Serve on the Ray backend
+                  (``serve.py``);
 - ``peers``       Dask distributed, ipyparallel and multiprocessing on the core and object
                   metrics (``peers.py``);
-- ``train``       one 2-worker DDP loop: raylite.train (with and without torch preloaded)
-                  beside plain torch.distributed, the floor, and Ray Train (``train.py``);
+- ``train``       one 2-worker DDP loop: raylite.train (with and without torch preloaded,
+                  and on the Ray backend) beside plain torch.distributed, the floor, and
+                  Ray Train (``train.py``);
 - ``llm``         the LLM engine beside HF ``generate`` (static batching) and the model's
                   decode floor, in-process and over the OpenAI HTTP API (``llm.py``);
 - ``ray_backend`` raylite's API on a Ray session (``init(backend="ray")``) beside the
@@ -110,7 +112,8 @@ def step_command(step: str, quick: bool, peers: tuple[str, ...], ray_python: str
         if importlib.util.find_spec("torch") is None:
             return "torch is not installed (pip install 'raylite[torch]')"
         if quick:  # raylite and its floor (and Ray when asked), not raylite unpreloaded
-            cmd += ["--only", "raylite", "torch", *(["ray"] if ray_python else [])]
+            cmd += ["--only", "raylite", "torch",
+                    *(["ray", "raylite-on-ray"] if ray_python else [])]
     if step == "peers":
         names = [p for p in peers if p != "ray"]
         if not names:

@@ -1,5 +1,6 @@
-"""Train benchmark: one 2-worker DDP loop under raylite.train, plain torch.distributed
-(``torch.multiprocessing.spawn``, the floor) and Ray Train 2.53 where it is installed.
+"""Train benchmark: one 2-worker DDP loop under raylite.train (on its own runtime and on
+the Ray backend), plain torch.distributed (``torch.multiprocessing.spawn``, the floor)
+and Ray Train 2.53 where it is installed.
 
 Run from the repository root:
 
@@ -14,8 +15,13 @@ framework runs in a fresh subprocess (this script re-invokes itself with ``--wor
 ``init()``, as a notebook's later cell would, and the clock starts at ``fit()``.
 Frameworks: ``raylite`` (``init(preload=["torch"])``: the node imports torch in the
 background and its warm pool is forked with torch imported), ``raylite_cold`` (the same
-with ``preload=[]``: each worker imports torch itself, as before pre-warming), ``torch``
-and ``ray`` (the bench venv's interpreter, ``make bench-env``). Measured, as the median
+with ``preload=[]``: each worker imports torch itself, as before pre-warming), ``torch``,
+``ray`` (the bench venv's interpreter, ``make bench-env``) and ``raylite-on-ray``
+(raylite's TorchTrainer, the same code as ``raylite``, on the Ray backend:
+``raylite.init(backend="ray", num_cpus=2)`` starts a fresh local Ray, dashboard off, and
+its ``shutdown`` stops it; its controller and workers are Ray actors, not preloaded, as
+Ray has no warm pool; this interpreter when it imports ray, else the Ray one with raylite
+from this checkout). Measured, as the median
 of ``--repeats`` runs that go round the frameworks in turn, so that the load of a shared
 machine falls on all of them alike (``--quick``: 1 run of 1 epoch, one fit):
 
@@ -47,6 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._runner import python_has, run_json, write_json  # noqa: E402
+from benchmarks.core import worker_env  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 ROWS, DIM, BATCH, WORKERS = 32768, 64, 256, 2
@@ -55,9 +62,13 @@ WORKER_TIMEOUT_S = 900
 # its defaults every report waits ~2 s (1.99 s measured here, 153 s for a 1-epoch fit);
 # measured with the poll interval lowered so the loop, not the poll, is what is timed
 RAY_POLL_S = 0.05
-FRAMEWORKS = ("raylite", "raylite_cold", "torch", "ray")
+FRAMEWORKS = ("raylite", "raylite_cold", "torch", "ray", "raylite-on-ray")
 TITLES = {"raylite": "raylite", "raylite_cold": "raylite, no preload", "torch": "torch",
-          "ray": "Ray Train"}
+          "ray": "Ray Train", "raylite-on-ray": "raylite on Ray"}
+# raylite's init options per framework (it has no warm pool on Ray: nothing to preload)
+RAYLITE_OPTIONS = {"raylite": {"preload": ["torch"]}, "raylite_cold": {"preload": []},
+                   "raylite-on-ray": {"backend": "ray", "include_dashboard": False,
+                                      "log_to_driver": False}}
 
 
 # ------------------------------------------------------------------ the shared loop
@@ -152,8 +163,9 @@ def _torch_worker(rank: int, world: int, port: int, epochs: int, out_dir: str):
 # ------------------------------------------------------------------ one run each
 def run_trainer(name: str, epochs: int, fits: int, idle_s: float = 0.0) -> list[dict]:
     """``fits`` fit()s, one after the other on one fresh 2-CPU cluster, under raylite
-    (``name`` "raylite": workers preloaded with torch; "raylite_cold": not) or Ray
-    Train ("ray"); the first ``idle_s`` after init (a notebook's user between cells)."""
+    (``name`` "raylite": workers preloaded with torch; "raylite_cold": not;
+    "raylite-on-ray": on the Ray backend) or Ray Train ("ray"); the first ``idle_s``
+    after init (a notebook's user between cells)."""
     import importlib
 
     if name == "ray":
@@ -163,7 +175,7 @@ def run_trainer(name: str, epochs: int, fits: int, idle_s: float = 0.0) -> list[
     else:
         import raylite as core
 
-        api, opts = "raylite.train", {"preload": ["torch"] if name == "raylite" else []}
+        api, opts = "raylite.train", RAYLITE_OPTIONS[name]
     train = importlib.import_module(api)
     trainer_cls = importlib.import_module(api + ".torch").TorchTrainer
     core.init(num_cpus=WORKERS, **opts)
@@ -228,7 +240,7 @@ def worker_main(name: str, epochs: int, repeats: int, fits: int, idle_s: float,
     runs = [one_run(name, epochs, fits, idle_s) for _ in range(repeats)]
     version = "?"
     try:
-        if name == "ray":
+        if name in ("ray", "raylite-on-ray"):
             import ray
             version = ray.__version__
         else:
@@ -252,7 +264,7 @@ def measure(name: str, python: str, epochs: int, repeats: int, fits: int,
     cmd = [python, str(Path(__file__).resolve()), "--worker", "--framework", name,
            "--epochs", str(epochs), "--repeats", str(repeats), "--fits", str(fits),
            "--idle-s", str(idle_s)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = worker_env(name) | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     if name == "ray" and ray_poll_s is not None:
         env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(ray_poll_s)
     return run_json(cmd, timeout_s=WORKER_TIMEOUT_S, env=env, cwd=ROOT, echo=None)
@@ -274,10 +286,10 @@ def plot(results: dict, path: Path) -> None:
     metrics = [m for m in metrics if any(m[0] in results[n] for n in names)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics), 3.4))
     colors = {"raylite": "#4e79a7", "raylite_cold": "#a0cbe8", "torch": "#59a14f",
-              "ray": "#f28e2b"}
+              "ray": "#f28e2b", "raylite-on-ray": "#b5bd1e"}
     for ax, (key, title) in zip(axes, metrics, strict=True):
         vals = [results[n].get(key, 0.0) for n in names]
-        ax.bar([TITLES[n].replace(", ", ",\n") for n in names], vals,
+        ax.bar([TITLES[n].replace(", ", ",\n").replace(" on ", "\non ") for n in names], vals,
                color=[colors[n] for n in names])
         ax.tick_params(axis="x", labelsize=8)
         for i, v in enumerate(vals):
@@ -315,8 +327,15 @@ def find_ray_train(explicit: str | None) -> str | None:
     return next((p for p in candidates if python_has(p, "ray.train.torch")), None)
 
 
+def find_raylite_on_ray(explicit: str | None) -> str | None:
+    """The interpreter for raylite on the Ray backend: this one when it imports ray (the
+    [ray] extra), else the one with Ray Train (raylite from this checkout)."""
+    return sys.executable if python_has(sys.executable, "ray") else find_ray_train(explicit)
+
+
 def compare(results: dict) -> dict[str, float]:
-    """raylite against the floor (plain torch), Ray Train and itself without preloading."""
+    """raylite against the floor (plain torch), Ray Train and itself without preloading;
+    raylite's TorchTrainer on the Ray backend against Ray Train and raylite's runtime."""
     r = {n: results.get(n, {}) for n in FRAMEWORKS}
     out = {}
     if "fit_s" in r["raylite"] and "fit_s" in r["torch"]:
@@ -327,6 +346,12 @@ def compare(results: dict) -> dict[str, float]:
         out["ray_fit_vs_raylite"] = r["ray"]["fit_s"] / r["raylite"]["fit_s"]
         out["ray_first_report_vs_raylite"] = (r["ray"]["first_report_s"]
                                               / r["raylite"]["first_report_s"])
+    on_ray = r["raylite-on-ray"]
+    for base, key in (("ray", "vs_ray_train"), ("raylite", "vs_raylite")):
+        if "fit_s" in on_ray and "fit_s" in r[base]:
+            out[f"raylite_on_ray_fit_{key}"] = on_ray["fit_s"] / r[base]["fit_s"]
+            out[f"raylite_on_ray_first_report_{key}"] = (on_ray["first_report_s"]
+                                                        / r[base]["first_report_s"])
     if "fit_s" in r["raylite"] and "fit_s" in r["raylite_cold"]:
         for key in ("first_report_s", "refirst_report_s"):
             if key in r["raylite"]:
@@ -345,7 +370,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--idle-s", type=float, default=0.0,
                    help="seconds between init() and the first fit() (raylite and Ray: a "
                         "notebook's next cell; default 0: fit() at once)")
-    p.add_argument("--no-ray", action="store_true")
+    p.add_argument("--no-ray", action="store_true",
+                   help="neither Ray Train nor raylite on the Ray backend")
     p.add_argument("--ray-python", help="an interpreter with ray[train] and torch")
     p.add_argument("--ray-poll-s", type=float, default=RAY_POLL_S,
                    help="Ray Train's controller poll interval (RAY_TRAIN_HEALTH_CHECK_"
@@ -371,6 +397,12 @@ def main(argv: list[str] | None = None) -> None:
     for name in FRAMEWORKS:
         if name not in a.only:
             results[name] = {"skipped": "not requested"}
+        elif name == "raylite-on-ray":
+            if a.no_ray or (python := find_raylite_on_ray(a.ray_python)) is None:
+                results[name] = {"skipped": "--no-ray" if a.no_ray else
+                                 "Ray not installed (pip install 'raylite[ray]')"}
+            else:
+                pythons[name] = python
         elif name != "ray":
             pythons[name] = sys.executable
         elif a.no_ray or (python := find_ray_train(a.ray_python)) is None:
