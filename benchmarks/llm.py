@@ -22,9 +22,11 @@ requests are in flight until the list runs out. Measured:
   longest request before the next batch (wasted = slots past their request's length);
 - floor: the model's decode step at batch N with HF's KV cache, 128 steps after a
   prefill: tokens/s with no waste and no scheduling;
-- HTTP: the same workload through ``/v1/completions`` with ``stream=true`` (httpx, N
-  async clients) on a 2-CPU raylite cluster: tokens/s, TTFT, ITL, the CPU time per token
-  of Serve's proxy process and of the clients (CPU time holds up under load); and 15
+- HTTP: the same workload through ``/v1/completions`` with ``stream=true`` (N async
+  aiohttp clients, as vLLM's ``benchmark_serving``; ``RAYLITE_BENCH_HTTP_CLIENT=httpx``
+  for httpx, which costs the clients ~2.5x the CPU per token) on a 2-CPU raylite
+  cluster: tokens/s, TTFT, ITL, the CPU time per token of Serve's proxy process, of the
+  replica (its engine) and of the clients (CPU time holds up under load); and 15
   requests one at a time, their TTFT through HTTP beside the serving engine's own;
 - prefix caching: TTFT of a prompt whose 512-token prefix is cached, against the same
   prompt cold (the fastest of 3 prefixes each).
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -64,6 +67,11 @@ ENGINE_KW = dict(max_num_seqs=64, max_num_batched_tokens=512, block_size=16)
 TARGET = {"engine_tps": 1800.0, "floor_frac": 0.8, "vs_hf": 1.8, "http_tps": 1500.0,
           "ttft_gap_ms": 5.0, "prefix_speedup": 5.0}
 WORKER_TIMEOUT_S = 1500
+try:
+    import aiohttp  # noqa: F401
+    HTTP_CLIENT = os.environ.get("RAYLITE_BENCH_HTTP_CLIENT", "aiohttp")  # or "httpx"
+except ImportError:
+    HTTP_CLIENT = "httpx"
 
 
 # --------------------------------------------------------------------------- pieces
@@ -248,7 +256,8 @@ def run_http(model, streams: tuple[int, ...], engine_ttft_1: float | None,
             serve.run(build_openai_app({"llm_configs": [cfg]}), name="llm", route_prefix="/")
             url = f"http://127.0.0.1:{port}/v1/completions"
             asyncio.run(_http_round(url, workload(4, model.config.vocab_size, 99, 1)))
-            procs = {"proxy": _listener(port), "clients": psutil.Process()}
+            procs = {"proxy": _listener(port), "clients": psutil.Process(),
+                     "replica": _replica_process()}
             for _ in range(repeats):
                 for n in streams:
                     out[str(n)] = _best(out.get(str(n)), asyncio.run(_http_round(
@@ -295,6 +304,18 @@ def _listener(port: int):
     return None
 
 
+def _replica_process():
+    """The process of the (one) Serve replica, the LLMServer: its engine runs there."""
+    import psutil
+
+    from raylite.util import state
+
+    for a in state.list_actors():
+        if a.get("state") == "ALIVE" and "Replica" in (a.get("class_name") or "") and a.get("pid"):
+            return psutil.Process(a["pid"])
+    return None
+
+
 def _cpu_s(procs: dict) -> dict:
     return {k: sum(p.cpu_times()[:2]) for k, p in procs.items() if p is not None}
 
@@ -302,30 +323,31 @@ def _cpu_s(procs: dict) -> dict:
 async def _http_round(url: str, streams, procs: dict | None = None) -> dict:
     """The workload through HTTP; with ``procs`` ({name: psutil.Process}) also their CPU
     time per streamed token (CPU time holds up better than wall time on a loaded
-    machine: it says what the serving path costs, not how long it waited)."""
-    import httpx
-
+    machine: it says what the serving path costs, not how long it waited). The clients
+    use aiohttp (as vLLM's ``benchmark_serving``), or httpx (``HTTP_CLIENT``): on two
+    cores the clients' own CPU time is taken from the server's."""
     times: dict[str, list[float]] = {}
     start: dict[str, float] = {}
     counts: list[int] = []
-    limits = httpx.Limits(max_connections=len(streams) + 4)
-    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+
+    def on_line(rid: str, line: bytes) -> None:
+        if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+            return
+        ev = json.loads(line[6:])
+        if ev.get("usage"):
+            counts.append(ev["usage"]["completion_tokens"])
+        elif ev["choices"]:  # one event a token
+            times[rid].append(time.perf_counter())
+
+    async with _client(len(streams) + 4) as post:
         async def one(rid, p, n):
             times[rid] = []
             start[rid] = time.perf_counter()
             body = {"model": "m", "prompt": p, "max_tokens": n, "temperature": 0,
                     "ignore_eos": True, "stream": True,
                     "stream_options": {"include_usage": True}}
-            async with client.stream("POST", url, json=body) as r:
-                r.raise_for_status()
-                async for line in r.aiter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    ev = json.loads(line[6:])
-                    if ev.get("usage"):
-                        counts.append(ev["usage"]["completion_tokens"])
-                    elif ev["choices"]:  # one event a token
-                        times[rid].append(time.perf_counter())
+            async for line in post(url, body):
+                on_line(rid, line)
 
         queue = list(reversed(in_order(streams)))
 
@@ -341,7 +363,36 @@ async def _http_round(url: str, streams, procs: dict | None = None) -> dict:
         cpu = {f"cpu_us_per_token_{k}": (v - cpu0[k]) / max(1, sum(counts)) * 1e6
                for k, v in _cpu_s(procs or {}).items()}
     return {"tokens_per_s": sum(counts) / wall, "wall_s": wall, "tokens": sum(counts),
-            **latency_summary(times, start), **cpu}
+            "client": HTTP_CLIENT, **latency_summary(times, start), **cpu}
+
+
+@contextlib.asynccontextmanager
+async def _client(connections: int):
+    """``post(url, body)``: an async iterator of the response's lines (bytes), through
+    one pooled session of ``HTTP_CLIENT``."""
+    if HTTP_CLIENT == "httpx":
+        import httpx
+
+        limits = httpx.Limits(max_connections=connections)
+        async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+            async def post(url, body):
+                async with client.stream("POST", url, json=body) as r:
+                    r.raise_for_status()
+                    async for line in r.aiter_lines():
+                        yield line.encode()
+            yield post
+        return
+    import aiohttp
+
+    conn = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=conn,
+                                     timeout=aiohttp.ClientTimeout(total=300)) as session:
+        async def post(url, body):
+            async with session.post(url, json=body) as r:
+                r.raise_for_status()
+                async for line in r.content:  # split at b"\n"
+                    yield line.rstrip(b"\n")
+        yield post
 
 
 # --------------------------------------------------------------------------- worker

@@ -226,3 +226,22 @@ def test_llm_config_checks_its_options():
         LLMConfig(model_loading_config={"model_id": "m"}, placement_group_config={})
     with pytest.raises(ValueError, match="unique"):
         build_openai_app({"llm_configs": [{"model_loading_config": {"model_id": "a"}}] * 2})
+
+
+def test_engine_threads_follow_the_replicas_cpus(monkeypatch):
+    """Ray's OMP_NUM_THREADS rule: the CPUs the replica reserved, at least one, unless
+    OMP_NUM_THREADS is set (torch's default would put a thread on every core)."""
+    from raylite.llm._private.serving import engine_threads
+
+    def config(**actor):
+        return LLMConfig(model_loading_config={"model_id": "m"},
+                         deployment_config={"ray_actor_options": actor} if actor else {})
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert engine_threads(config()) == 1  # the LLMServer's default: one CPU
+    assert engine_threads(config(num_cpus=0)) == 1
+    assert engine_threads(config(num_cpus=3)) == 3
+    assert engine_threads(LLMConfig(model_loading_config={"model_id": "m"},
+                                    placement_group_config={"bundles": [{"CPU": 2}]})) == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert engine_threads(config(num_cpus=1)) == 4
