@@ -114,5 +114,12 @@ def python_has(python: str, module: str, timeout_s: float = 60) -> bool:
         return False
 
 
+def raylite_on_ray_python(ray_python: str | None) -> str | None:
+    """The interpreter for raylite on the Ray backend (the benchmarks' "raylite-on-ray"
+    framework): this one when it imports ray (the [ray] extra), else ``ray_python``, the
+    Ray one, where raylite comes from this checkout."""
+    return sys.executable if python_has(sys.executable, "ray") else ray_python
+
+
 def stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)

@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._runner import python_has, run_json  # noqa: E402
+from benchmarks._runner import raylite_on_ray_python, run_json  # noqa: E402
 from benchmarks.core import RESULTS, ROOT, _shown, machine_info, worker_env  # noqa: E402
 
 FRAMEWORKS = ("raylite", "ray", "raylite-on-ray")
@@ -208,12 +208,6 @@ def run_worker(name: str, python: str, seconds: float, repeats: int,
            "--seconds", str(seconds), "--repeats", str(repeats),
            "--replicas", *map(str, replicas), "--concurrency", *map(str, concurrency)]
     return run_json(cmd, timeout_s=WORKER_TIMEOUT_S, env=worker_env(name), cwd=ROOT, echo=None)
-
-
-def raylite_on_ray_python(ray_python: str) -> str:
-    """The interpreter for raylite on the Ray backend: this one when it imports ray (the
-    [ray] extra), else the Ray one, where raylite comes from this checkout."""
-    return sys.executable if python_has(sys.executable, "ray") else ray_python
 
 
 def decision_times(points: tuple[int, ...], repeats: int) -> list[dict[str, float]]:

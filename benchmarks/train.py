@@ -52,7 +52,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._runner import python_has, run_json, write_json  # noqa: E402
+from benchmarks._runner import (  # noqa: E402
+    python_has,
+    raylite_on_ray_python,
+    run_json,
+    write_json,
+)
 from benchmarks.core import worker_env  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -327,12 +332,6 @@ def find_ray_train(explicit: str | None) -> str | None:
     return next((p for p in candidates if python_has(p, "ray.train.torch")), None)
 
 
-def find_raylite_on_ray(explicit: str | None) -> str | None:
-    """The interpreter for raylite on the Ray backend: this one when it imports ray (the
-    [ray] extra), else the one with Ray Train (raylite from this checkout)."""
-    return sys.executable if python_has(sys.executable, "ray") else find_ray_train(explicit)
-
-
 def compare(results: dict) -> dict[str, float]:
     """raylite against the floor (plain torch), Ray Train and itself without preloading;
     raylite's TorchTrainer on the Ray backend against Ray Train and raylite's runtime."""
@@ -398,7 +397,8 @@ def main(argv: list[str] | None = None) -> None:
         if name not in a.only:
             results[name] = {"skipped": "not requested"}
         elif name == "raylite-on-ray":
-            if a.no_ray or (python := find_raylite_on_ray(a.ray_python)) is None:
+            python = None if a.no_ray else raylite_on_ray_python(find_ray_train(a.ray_python))
+            if python is None:
                 results[name] = {"skipped": "--no-ray" if a.no_ray else
                                  "Ray not installed (pip install 'raylite[ray]')"}
             else:
