@@ -22,6 +22,7 @@ from fixtures import refused_dealer
 import raylite
 from raylite.core import protocol as P
 from raylite.core import runtime
+from raylite.core.osutil import free_port_pair
 from raylite.testing import serve_auth_headers, wait_for_condition
 
 pytestmark = pytest.mark.timeout(90)
@@ -279,7 +280,8 @@ def test_cli_files_private_and_stop_spares_foreign_pids(tmp_path):
 
     bystander = subprocess.Popen(["sleep", "60"])
     try:
-        cli("start", "--head", "--port", str(_free_port()), "--num-cpus", "1")
+        # the head listens on the port and the next one: both must be free
+        cli("start", "--head", "--port", str(free_port_pair()), "--num-cpus", "1")
         state = tmp_path / "raylite"
         assert stat.S_IMODE((state / "cluster.json").stat().st_mode) == 0o600
         pids = state / "pids"
