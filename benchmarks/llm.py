@@ -234,7 +234,8 @@ def run_prefix(model, repeats: int = 3) -> dict:
 
 
 def run_http(model, streams: tuple[int, ...], engine_ttft_1: float | None,
-             repeats: int = 1, per_stream: int = 4) -> dict:
+             repeats: int = 1, per_stream: int = 4, replica_cpus: float = 0,
+             replicas: int = 1) -> dict:
     import psutil
 
     import raylite
@@ -252,7 +253,8 @@ def run_http(model, streams: tuple[int, ...], engine_ttft_1: float | None,
             serve.start(http_options={"port": port})
             cfg = LLMConfig(model_loading_config={"model_id": "m", "model_source": tmp},
                             engine_kwargs=ENGINE_KW,
-                            deployment_config={"ray_actor_options": {"num_cpus": 0}})
+                            deployment_config={"num_replicas": replicas,
+                                               "ray_actor_options": {"num_cpus": replica_cpus}})
             serve.run(build_openai_app({"llm_configs": [cfg]}), name="llm", route_prefix="/")
             url = f"http://127.0.0.1:{port}/v1/completions"
             asyncio.run(_http_round(url, workload(4, model.config.vocab_size, 99, 1)))

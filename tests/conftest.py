@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -13,6 +15,14 @@ mark_root()
 # Test clusters preload nothing (a test that wants it asks): the suite imports torch, so
 # by default every cluster's nodes would import torch again, seconds of CPU each.
 os.environ.setdefault("RAYLITE_PRELOAD", "")
+# The LLM engine's compiled CPU kernel is built into this run's own directory (not the
+# user's ~/.cache), removed when the run ends.
+_KERNEL_DIR = tempfile.mkdtemp(prefix="raylite-test-kernels-")
+os.environ.setdefault("RAYLITE_KERNEL_DIR", _KERNEL_DIR)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_KERNEL_DIR, ignore_errors=True)
 
 
 # Fixtures of a wider scope than one test (shared_cluster, serve_url, a module's own)

@@ -5,6 +5,7 @@ the block manager; sampling; the async API."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -48,7 +49,7 @@ PROMPTS = [list(range(1, 4)), list(range(20, 57)), [7] * 18, list(range(100, 105
            list(range(60, 93))]
 
 
-@pytest.mark.parametrize("backend", ["sparse", "gather"])
+@pytest.mark.parametrize("backend", ["kernel", "sparse", "gather"])
 @pytest.mark.parametrize("kw", [{}, {"num_kv_blocks": 20, "block_size": 4,
                                      "max_num_batched_tokens": 16}],
                          ids=["roomy", "tight"])
@@ -63,6 +64,71 @@ def test_own_gpt_greedy_equals_its_forward(gpt_dir, backend, kw):
     if kw:  # 20 blocks of 4 cannot hold five sequences: some were preempted, recomputed
         assert st["preemptions"] > 0
     assert st["kv_blocks_used"] == 0 and st["running"] == st["waiting"] == 0
+
+
+@pytest.mark.parametrize("H,Hk", [(6, 6), (8, 2)], ids=["mha", "gqa"])
+def test_cpu_kernel_reads_scattered_blocks_like_dense_attention(H, Hk):
+    """The compiled decode kernel against torch's dense attention over the same keys,
+    gathered: blocks scattered over the pool in random order, sequences of uneven
+    lengths (a partial last block), grouped-query heads."""
+    from raylite.llm._private import cpu_kernel
+
+    assert cpu_kernel.available(), "the CI machine has a C compiler: the kernel must build"
+    g = torch.Generator().manual_seed(3)
+    B, D, bs, n_blocks = 5, 16, 4, 64
+    kp = torch.randn(n_blocks * bs, Hk, D, generator=g)
+    vp = torch.randn(n_blocks * bs, Hk, D, generator=g)
+    lens = torch.tensor([1, 4, 5, 17, 30])
+    W = int(lens.max() + bs - 1) // bs
+    tables = torch.randperm(n_blocks, generator=g)[:B * W].view(B, W).contiguous()
+    q = torch.randn(B, H, D, generator=g)
+    out = cpu_kernel.paged_decode(q, kp, vp, tables, lens, int(lens.max()), bs, 0.3)
+    for b in range(B):
+        pos = torch.arange(int(lens[b]))
+        slots = tables[b][pos // bs] * bs + pos % bs
+        k = kp[slots].transpose(0, 1).repeat_interleave(H // Hk, 0)   # (H, L, D)
+        v = vp[slots].transpose(0, 1).repeat_interleave(H // Hk, 0)
+        ref = torch.nn.functional.scaled_dot_product_attention(q[b][:, None], k, v,
+                                                               scale=0.3)[:, 0]
+        torch.testing.assert_close(out[b], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_engine_picks_the_kernel_and_onednn_linears(gpt_dir, tmp_path):
+    """On this CPU, float32: "auto" is the compiled kernel and the linears run through
+    packed oneDNN weights; float64 falls back to sparse attention and torch's linears,
+    and asking for the kernel there is an error that says why."""
+    path, model = gpt_dir
+    eng = LLMEngine(path)
+    assert eng.config.attention_backend == "kernel" and eng.model.onednn
+    wide = LLMEngine(model.double())
+    try:
+        assert wide.config.attention_backend == "sparse" and not wide.model.onednn
+        out = wide.generate([[1, 2, 3]], SamplingParams(max_tokens=6, **GREEDY))[0]
+        assert out.token_ids == reference_greedy(model, [1, 2, 3], 6)
+        with pytest.raises(ValueError, match="float32 model on the CPU"):
+            LLMEngine(model, attention_backend="kernel")
+    finally:
+        model.float()
+
+
+def test_cpu_kernel_builds_once_per_machine(tmp_path):
+    """A fresh kernel directory: the first process compiles the kernel there, the next
+    one loads the same file without compiling."""
+    import subprocess
+    import sys
+
+    code = ("import os, time; from raylite.llm._private import cpu_kernel as k; "
+            "t = time.time(); assert k.load() is not None; "
+            "print(sorted(os.listdir(k.kernel_dir())))")
+    env = {**os.environ, "RAYLITE_KERNEL_DIR": str(tmp_path / "k")}
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True, timeout=60, check=True).stdout
+    files = list((tmp_path / "k").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".so" and files[0].name in first
+    mtime = files[0].stat().st_mtime_ns
+    subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                   timeout=60, check=True)
+    assert [f.stat().st_mtime_ns for f in (tmp_path / "k").iterdir()] == [mtime]
 
 
 def test_hf_greedy_equals_generate(hf_model):

@@ -14,6 +14,11 @@ Measured on this CPU, gathering the batch's blocks into a padded tensor each ste
 decode attention ~3x slower than attention over an ideal contiguous cache; the sparse
 form is ~1.7x (vLLM does this with a CUDA kernel; torch has none for CPU).
 
+On the CPU in float32 the decode rows go to a compiled C kernel instead
+(``cpu_kernel.py``, attention="kernel"): it walks each sequence's block table and reads
+the keys and values in place, ~6x faster than the sparse form; the sparse form remains
+for other dtypes and machines without a C compiler.
+
 Prefill chunks run dense: first chunks attend causally to themselves (equal-length ones
 batched into one call); a later chunk (or one after a prefix-cache hit) gathers its own
 sequence's earlier keys once per chunk.
@@ -26,6 +31,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from raylite.llm._private import cpu_kernel
 
 
 @dataclass
@@ -62,6 +69,8 @@ class AttentionMetadata:
     pad_len: int = 0                     # the longest decode row
     gather_tables: torch.Tensor | None = None  # [Bd, L] slots, for attention="gather"
     gather_lens: torch.Tensor | None = None    # [Bd]
+    block_tables: torch.Tensor | None = None   # [Bd, W] block ids, for attention="kernel"
+    block_size: int = 0
     prefills: list = field(default_factory=list)  # PrefillChunk or FirstChunks
 
 
@@ -98,7 +107,10 @@ def build_metadata(decode: list[tuple[list[int], int]],
         width = max(len(t) for t, _ in decode)
         tables = torch.tensor([t + [0] * (width - len(t)) for t, _ in decode],
                               dtype=torch.long)
-        if backend == "gather":
+        if backend == "kernel":
+            md.block_tables, md.gather_lens = tables, lens
+            md.pad_len, md.block_size = int(lens.max()), bs
+        elif backend == "gather":
             kpos = torch.arange(int(lens.max()))
             md.gather_tables = tables[:, kpos // bs] * bs + kpos % bs
             md.gather_lens = lens
@@ -130,7 +142,8 @@ def _decode_pattern(md, tables, lens, bs, H, Hk, sort):
 
 
 def _to(md: AttentionMetadata, device) -> AttentionMetadata:
-    for name in ("slots", "crow", "cols", "pad_idx", "gather_tables", "gather_lens"):
+    for name in ("slots", "crow", "cols", "pad_idx", "gather_tables", "gather_lens",
+                 "block_tables"):
         t = getattr(md, name)
         if t is not None:
             setattr(md, name, t.to(device, non_blocking=True))
@@ -154,7 +167,11 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out = q.new_empty(T, H, hd)
     nd = md.num_decode
     if nd:
-        if md.crow is not None:
+        if md.block_tables is not None:
+            out[:nd] = cpu_kernel.paged_decode(q[:nd], kp, vp, md.block_tables,
+                                               md.gather_lens, md.pad_len, md.block_size,
+                                               scale)
+        elif md.crow is not None:
             out[:nd] = _decode_sparse(q[:nd], kp, vp, md, scale)
         else:
             out[:nd] = _decode_gather(q[:nd], kp, vp, md, scale)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+BACKENDS = ("auto", "kernel", "sparse", "gather")
+
 
 @dataclass
 class EngineConfig:
@@ -12,9 +14,11 @@ class EngineConfig:
     ``enable_prefix_caching``, ``enable_chunked_prefill``, ``tensor_parallel_size``,
     ``dtype``, ``seed``); the KV cache is sized by ``num_kv_blocks`` or
     ``kv_cache_memory_mb`` instead of vLLM's ``gpu_memory_utilization``.
-    ``attention_backend``: "sparse" (read blocks in place), "gather" (copy them) or
-    "auto": sparse on the CPU, gather on CUDA (measured on an H200 at 32 streams: gather
-    3,789 tokens/s, sparse 2,529 — cuSPARSE's kernels cost more than HBM copies).
+    ``attention_backend``: "kernel" (a compiled C kernel reading blocks in place; CPU,
+    float32), "sparse" (torch's sparse ops reading blocks in place), "gather" (copy them)
+    or "auto": the kernel on the CPU in float32 where it builds, else sparse; gather on
+    CUDA (measured on an H200 at 32 streams: gather 3,789 tokens/s, sparse 2,529 —
+    cuSPARSE's kernels cost more than HBM copies).
     ``tp_worker_num_cpus``/``tp_worker_num_gpus``: each tensor-parallel worker's
     resources (the GPU share is set from the placement group by Serve LLM).
     ``num_threads``: torch's intra-op threads in this process (None: torch's default)."""
@@ -47,6 +51,6 @@ class EngineConfig:
         if cfg.block_size < 1 or cfg.max_num_seqs < 1 or cfg.max_num_batched_tokens < 1:
             raise ValueError("block_size, max_num_seqs and max_num_batched_tokens must be "
                              ">= 1")
-        if cfg.attention_backend not in ("auto", "sparse", "gather"):
-            raise ValueError("attention_backend must be 'auto', 'sparse' or 'gather'")
+        if cfg.attention_backend not in BACKENDS:
+            raise ValueError(f"attention_backend must be one of {BACKENDS}")
         return cfg

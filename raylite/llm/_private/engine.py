@@ -19,6 +19,7 @@ from functools import partial
 
 import torch
 
+from raylite.llm._private import cpu_kernel
 from raylite.llm._private.config import EngineConfig
 from raylite.llm._private.kv_cache import BlockManager
 from raylite.llm._private.loader import load_module, local_path, pick_device
@@ -89,8 +90,7 @@ class LLMEngine:
             tokenizer = load_tokenizer(tok_source) if tok_source else ByteTokenizer()
         self.tokenizer = tokenizer
         m = self.model
-        if cfg.attention_backend == "auto":
-            cfg.attention_backend = "sparse" if m.device.type == "cpu" else "gather"
+        cfg.attention_backend = _pick_backend(cfg.attention_backend, m)
         self.max_model_len = m.max_model_len
         elem = torch.empty((), dtype=m.dtype).element_size()
         per_block = 2 * m.num_layers * cfg.block_size * m.num_kv_heads * m.head_dim * elem
@@ -315,6 +315,20 @@ class LLMEngine:
             "step_time_s": (sum(self._step_time) / len(self._step_time)
                             if self._step_time else None),
         }
+
+
+def _pick_backend(asked: str, m: PagedCausalLM) -> str:
+    """The attention backend "auto" stands for on this model's device and dtype; asking
+    for the kernel where it cannot run is a ValueError naming why."""
+    fits = m.device.type == "cpu" and m.dtype == torch.float32
+    if asked == "kernel" and not (fits and cpu_kernel.available()):
+        raise ValueError("attention_backend='kernel' needs a float32 model on the CPU and "
+                         "a C compiler (cc) to build the kernel; use 'sparse' or 'auto'")
+    if asked != "auto":
+        return asked
+    if m.device.type != "cpu":
+        return "gather"
+    return "kernel" if fits and cpu_kernel.available() else "sparse"
 
 
 def _find_stop(text: str, stops: list[str], start: int) -> int | None:

@@ -12,9 +12,11 @@ which is Llama's shape).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
+from raylite.llm._private import cpu_linear
 from raylite.llm._private.attention import AttentionMetadata, build_metadata, paged_attention
 
 
@@ -68,33 +70,49 @@ class PagedGPT2(PagedCausalLM):
         self.device, self.dtype = p.device, p.dtype
         self._reduce = all_reduce
         self.scale = self.head_dim ** -0.5
-        self._act = _fused_act(self.blocks[0].mlp.act)
+        self.onednn = cpu_linear.supported(self.dtype, self.device)
+        gelu = _gelu_kind(self.blocks[0].mlp.act)
+        lin = partial(cpu_linear.linear, use_onednn=self.onednn)
+        self._layers = []
+        for blk in self.blocks:
+            a, m = blk.attn, blk.mlp
+            fc = lin(m.c_fc, gelu=gelu)
+            if gelu is None:
+                fc = _then(fc, m.act)
+            self._layers.append((blk.ln_1, lin(a.c_attn), self._proj(a.c_proj, lin),
+                                 blk.ln_2, fc, self._proj(m.c_proj, lin)))
+        self._head = lin(self.lm_head)
 
     @torch.inference_mode()
     def forward(self, input_ids, positions, md, kv_caches):
         T = input_ids.shape[0]
         H, hd = self.num_heads, self.head_dim
         x = self.wte(input_ids) + self.wpe(positions)                 # (T, d)
-        for blk, (kc, vc) in zip(self.blocks, kv_caches, strict=True):
-            q, k, v = blk.attn.c_attn(blk.ln_1(x)).split(H * hd, dim=-1)
+        for (ln_1, qkv, proj, ln_2, fc, fc_proj), (kc, vc) in zip(self._layers, kv_caches,
+                                                                  strict=True):
+            q, k, v = qkv(ln_1(x)).split(H * hd, dim=-1)
             a = paged_attention(q.view(T, H, hd), k.view(T, H, hd), v.view(T, H, hd),
                                 kc, vc, md, self.scale)
-            x = x + self._proj(blk.attn.c_proj, a)
-            m = blk.mlp
-            x = x + self._proj(m.c_proj, self._act(m.c_fc(blk.ln_2(x))))
+            x = x + proj(a)
+            x = x + fc_proj(fc(ln_2(x)))
         return self.ln_f(x)
 
-    def _proj(self, layer, a):
+    def _proj(self, layer, lin):
+        """An output projection; under tensor parallelism the partial sums are reduced
+        across workers before the bias is added once."""
         if self._reduce is None:
-            return layer(a)
-        out = _matmul_no_bias(layer, a)
-        self._reduce(out)
-        bias = getattr(layer, "bias", None)
-        return out if bias is None else out + bias
+            return lin(layer)
+        matmul, reduce, bias = lin(layer, bias=False), self._reduce, layer.bias
+
+        def proj(a):
+            out = matmul(a)
+            reduce(out)
+            return out if bias is None else out + bias
+        return proj
 
     @torch.inference_mode()
     def logits(self, hidden):
-        return self.lm_head(hidden).float()
+        return self._head(hidden).float()
 
 
 class PagedLlama(PagedCausalLM):
@@ -118,6 +136,15 @@ class PagedLlama(PagedCausalLM):
         p = _first_param(module)
         self.device, self.dtype = p.device, p.dtype
         self.scale = self.head_dim ** -0.5
+        self.onednn = cpu_linear.supported(self.dtype, self.device)
+        lin = partial(cpu_linear.linear, use_onednn=self.onednn)
+        self._linears = [
+            tuple(lin(getattr(part, name)) for part, name in (
+                (ly.self_attn, "q_proj"), (ly.self_attn, "k_proj"),
+                (ly.self_attn, "v_proj"), (ly.self_attn, "o_proj"), (ly.mlp, "gate_proj"),
+                (ly.mlp, "up_proj"), (ly.mlp, "down_proj")))
+            for ly in self.layers]
+        self._head = lin(self.lm_head)
 
     @torch.inference_mode()
     def forward(self, input_ids, positions, md, kv_caches):
@@ -126,29 +153,37 @@ class PagedLlama(PagedCausalLM):
         x = self.embed(input_ids)
         cos, sin = self.rotary(x[None], positions[None])              # (1, T, hd)
         cos, sin = cos[0, :, None, :], sin[0, :, None, :]              # (T, 1, hd)
-        for layer, (kc, vc) in zip(self.layers, kv_caches, strict=True):
-            at = layer.self_attn
+        for layer, lins, (kc, vc) in zip(self.layers, self._linears, kv_caches,
+                                         strict=True):
+            q_proj, k_proj, v_proj, o_proj, gate, up, down = lins
             h = layer.input_layernorm(x)
-            q = _rope(at.q_proj(h).view(T, H, hd), cos, sin)
-            k = _rope(at.k_proj(h).view(T, Hk, hd), cos, sin)
-            v = at.v_proj(h).view(T, Hk, hd)
-            x = x + at.o_proj(paged_attention(q, k, v, kc, vc, md, self.scale))
-            m = layer.mlp
+            q = _rope(q_proj(h).view(T, H, hd), cos, sin)
+            k = _rope(k_proj(h).view(T, Hk, hd), cos, sin)
+            v = v_proj(h).view(T, Hk, hd)
+            x = x + o_proj(paged_attention(q, k, v, kc, vc, md, self.scale))
             h = layer.post_attention_layernorm(x)
-            x = x + m.down_proj(m.act_fn(m.gate_proj(h)) * m.up_proj(h))
+            x = x + down(layer.mlp.act_fn(gate(h)) * up(h))
         return self.norm(x)
 
     @torch.inference_mode()
     def logits(self, hidden):
-        return self.lm_head(hidden).float()
+        return self._head(hidden).float()
 
 
-def _fused_act(act):
-    """GPT-2's tanh-approximated GELU as torch's one fused op (HF's is five ops)."""
+def _gelu_kind(act) -> str | None:
+    """GPT-2's activation as one fused GELU: "tanh" (the approximation; HF's own is five
+    ops), "none" (exact), or None for any other activation (applied as the module)."""
     if type(act).__name__ in ("NewGELUActivation", "GELUTanh", "FastGELUActivation") or (
             isinstance(act, torch.nn.GELU) and act.approximate == "tanh"):
-        return lambda x: torch.nn.functional.gelu(x, approximate="tanh")
-    return act
+        return "tanh"
+    if type(act).__name__ == "GELUActivation" or (
+            isinstance(act, torch.nn.GELU) and act.approximate == "none"):
+        return "none"
+    return None
+
+
+def _then(f, g):
+    return lambda x: g(f(x))
 
 
 def _rope(x, cos, sin):
@@ -161,12 +196,6 @@ def _out_features(layer) -> int:
     w = layer.weight
     # nn.Linear stores [out, in]; HF's Conv1D stores [in, out]
     return w.shape[0] if isinstance(layer, torch.nn.Linear) else w.shape[1]
-
-
-def _matmul_no_bias(layer, x):
-    if isinstance(layer, torch.nn.Linear):
-        return torch.nn.functional.linear(x, layer.weight)
-    return x @ layer.weight
 
 
 LLAMA_TYPES = ("llama", "mistral")
