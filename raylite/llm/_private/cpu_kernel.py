@@ -54,15 +54,18 @@ void paged_decode_f32(const float *q, const float *k_pool, const float *v_pool,
         const float *qb = q + b * H * D;
         float *sb = scratch + b * H * max_len;
         float *ob = out + b * H * D;
-        for (int64_t t = 0; t < len; t++) {
-            const int64_t slot = tables[b * W + t / BS] * BS + t % BS;
-            const float *ks = k_pool + slot * HK * D;
-            for (int64_t h = 0; h < H; h++) {
-                const float *kr = ks + (h / group) * D, *qr = qb + h * D;
-                float acc = 0.0f;
-                #pragma omp simd reduction(+:acc)
-                for (int64_t d = 0; d < D; d++) acc += qr[d] * kr[d];
-                sb[h * max_len + t] = acc * scale;
+        for (int64_t t0 = 0; t0 < len; t0 += BS) {         /* block by block */
+            const float *kb = k_pool + tables[b * W + t0 / BS] * BS * HK * D;
+            const int64_t n = len - t0 < BS ? len - t0 : BS;
+            for (int64_t i = 0; i < n; i++) {
+                const float *ks = kb + i * HK * D;
+                for (int64_t h = 0; h < H; h++) {
+                    const float *kr = ks + (h / group) * D, *qr = qb + h * D;
+                    float acc = 0.0f;
+                    #pragma omp simd reduction(+:acc)
+                    for (int64_t d = 0; d < D; d++) acc += qr[d] * kr[d];
+                    sb[h * max_len + t0 + i] = acc * scale;
+                }
             }
         }
         for (int64_t h = 0; h < H; h++) {
@@ -75,15 +78,18 @@ void paged_decode_f32(const float *q, const float *k_pool, const float *v_pool,
             #pragma omp simd
             for (int64_t d = 0; d < D; d++) o[d] = 0.0f;
         }
-        for (int64_t t = 0; t < len; t++) {
-            const int64_t slot = tables[b * W + t / BS] * BS + t % BS;
-            const float *vs = v_pool + slot * HK * D;
-            for (int64_t h = 0; h < H; h++) {
-                const float *vr = vs + (h / group) * D;
-                const float p = sb[h * max_len + t];
-                float *o = ob + h * D;
-                #pragma omp simd
-                for (int64_t d = 0; d < D; d++) o[d] += p * vr[d];
+        for (int64_t t0 = 0; t0 < len; t0 += BS) {
+            const float *vb = v_pool + tables[b * W + t0 / BS] * BS * HK * D;
+            const int64_t n = len - t0 < BS ? len - t0 : BS;
+            for (int64_t i = 0; i < n; i++) {
+                const float *vs = vb + i * HK * D;
+                for (int64_t h = 0; h < H; h++) {
+                    const float *vr = vs + (h / group) * D;
+                    const float p = sb[h * max_len + t0 + i];
+                    float *o = ob + h * D;
+                    #pragma omp simd
+                    for (int64_t d = 0; d < D; d++) o[d] += p * vr[d];
+                }
             }
         }
     }
