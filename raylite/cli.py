@@ -107,7 +107,12 @@ def cmd_start(args) -> int:
         host = host or "127.0.0.1"
         token = args.token or secrets.token_hex(16)
         cluster = LocalCluster(new_session_id(), host=host, token=token, detached=True)
-        cluster.start_head(args.port, wait_ready=True)
+        try:
+            cluster.start_head(args.port, wait_ready=True)
+        except RuntimeError as e:  # e.g. the port is taken: the head's own error, now
+            cluster.stop()
+            print(e, file=sys.stderr)
+            return 1
         cluster.add_node(**_node_args(args))
         address = cluster.address
         try:

@@ -70,6 +70,27 @@ def test_cli_head_and_second_node_run_tasks_on_both(cli):
         raylite.shutdown()
 
 
+def test_cli_head_on_a_taken_port_says_so_at_once(tmp_path):
+    """A head that cannot bind exits at once; `raylite start` reports the head's own
+    error (from head.log) instead of waiting 20 s for an answer that cannot come and
+    then saying "no answer from the raylite head"."""
+    import socket
+
+    port = _free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port + 1))
+        taken.listen()
+        out = subprocess.run([sys.executable, "-m", "raylite.cli", "start", "--head",
+                              "--port", str(port), "--num-cpus", "1"],
+                             env=dict(os.environ, TMPDIR=str(tmp_path)),
+                             capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1, out.stdout
+    assert f"could not start on 127.0.0.1:{port}" in out.stderr
+    assert "Address already in use" in out.stderr, out.stderr
+    assert "no answer" not in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_cluster_utils_add_remove_nodes():
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:

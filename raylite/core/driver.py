@@ -96,10 +96,25 @@ class LocalCluster:
                 return
             ready = self.head.stdout.readline().startswith(b"RAYLITE_HEAD_READY")
             self.head.stdout.close()
-            if ready or port:
+            if ready:
                 return
             self.head.wait()
+            if port:  # a port asked for is not swapped for another: say why it failed
+                raise RuntimeError(f"the raylite head could not start on {self.host}:"
+                                   f"{port} (it listens on that port and the next one):"
+                                   f" {self._log_tail('head')}")
             self.port = free_port_pair(self.host)
+        raise RuntimeError(f"the raylite head did not start: {self._log_tail('head')}")
+
+    def _log_tail(self, name: str, lines: int = 3) -> str:
+        if not self.detached:
+            return "its error is printed above"
+        try:
+            with open(os.path.join(LOG_DIR, f"{name}.log"), errors="replace") as f:
+                tail = [ln.strip() for ln in f.readlines()[-lines:] if ln.strip()]
+        except OSError:
+            tail = []
+        return " / ".join(tail) or f"see {os.path.join(LOG_DIR, name + '.log')}"
 
     def head_died(self) -> bool:
         return self.head is not None and self.head.poll() is not None
