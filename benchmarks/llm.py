@@ -17,7 +17,9 @@ requests are in flight until the list runs out. Measured:
 
 - engine: useful tokens/s (tokens asked for / wall time), time to first token (TTFT) and
   inter-token latency (ITL) p50/p99 per token, and the mean number of sequences that got
-  a token per step (``mean_batch``);
+  a token per step (``mean_batch``), with the engine's default attention ("auto": the
+  compiled C kernel on the CPU, gathered blocks on CUDA) and, beside it (not with
+  ``--quick``), with torch's sparse ops and (CPU) with gathered blocks;
 - HF static: the k-th requests of all streams as one ``generate`` batch, run to its
   longest request before the next batch (wasted = slots past their request's length);
 - floor: the model's decode step at batch N with HF's KV cache, 128 steps after a
@@ -413,13 +415,16 @@ def measure(model_name: str, device: str, streams: tuple[int, ...], http: bool,
     res: dict[str, Any] = {"model": model_name, "device": device, "repeats": repeats,
                            "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
                            "torch_threads": torch.get_num_threads()}
-    backends = ("sparse",) if quick else ("sparse", "gather")
+    # "auto" (the engine's default: the C kernel on the CPU, gathered blocks on CUDA)
+    # beside the other in-place and copying forms
+    others = () if quick else ("sparse", "gather") if device == "cpu" else ("sparse",)
     per_stream = 2 if quick else 4
-    engines = {b: new_engine(model, attention_backend=b) for b in backends}
+    engines = {b: new_engine(model, attention_backend=b) for b in ("auto", *others)}
+    res["attention_backend"] = engines["auto"].config.attention_backend
     for rep in range(repeats):  # interleaved, so a burst of load hits every series alike
         for n in streams:
             work = workload(n, model.config.vocab_size, per_stream=per_stream)
-            runs = {("engine" if b == "sparse" else "engine_gather"):
+            runs = {("engine" if b == "auto" else f"engine_{b}"):
                     partial(run_engine, e, work) for b, e in engines.items()}
             runs["hf_static"] = partial(run_hf_static, model, work)
             runs["floor"] = partial(run_floor, model, n, 32 if quick else 128)
@@ -460,7 +465,8 @@ def print_table(res: dict) -> None:
     streams = sorted(int(k) for k in res["engine"])
     print(f"\nLLM ({res['model']}, {res['params_M']:.1f}M params, {res['device']})")
     print(f"{'':18s}" + "".join(f"{n:>10d}" for n in streams) + "   streams")
-    rows = [("engine", "engine"), ("engine (gather)", "engine_gather"),
+    rows = [(f"engine ({res.get('attention_backend', 'auto')})", "engine"),
+            ("engine (sparse)", "engine_sparse"), ("engine (gather)", "engine_gather"),
             ("HF static", "hf_static"), ("decode floor", "floor"), ("HTTP stream", "http")]
     for label, key in rows:
         if key in res:
@@ -504,7 +510,8 @@ def plot(res: dict, path: Path) -> None:
 
     streams = sorted(int(k) for k in res["engine"])
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    series = [("engine", "raylite engine"), ("engine_gather", "engine, gathered KV"),
+    series = [("engine", "raylite engine"), ("engine_sparse", "engine, sparse torch ops"),
+              ("engine_gather", "engine, gathered KV"),
               ("http", "engine via HTTP (SSE)"), ("hf_static", "HF generate (static)"),
               ("floor", "decode floor")]
     width = 0.8 / len([k for k, _ in series if k in res])

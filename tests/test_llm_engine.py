@@ -93,20 +93,20 @@ def test_cpu_kernel_reads_scattered_blocks_like_dense_attention(H, Hk):
         torch.testing.assert_close(out[b], ref, rtol=1e-5, atol=1e-5)
 
 
-def test_cpu_engine_picks_the_kernel_and_onednn_linears(gpt_dir, tmp_path):
+def test_cpu_engine_picks_the_kernel_and_onednn_linears(gpt_dir):
     """On this CPU, float32: "auto" is the compiled kernel and the linears run through
     packed oneDNN weights; float64 falls back to sparse attention and torch's linears,
     and asking for the kernel there is an error that says why."""
     path, model = gpt_dir
-    eng = LLMEngine(path)
+    eng = LLMEngine(path, device="cpu")  # "auto" would pick CUDA where there is one
     assert eng.config.attention_backend == "kernel" and eng.model.onednn
-    wide = LLMEngine(model.double())
+    wide = LLMEngine(model.double(), device="cpu")
     try:
         assert wide.config.attention_backend == "sparse" and not wide.model.onednn
         out = wide.generate([[1, 2, 3]], SamplingParams(max_tokens=6, **GREEDY))[0]
         assert out.token_ids == reference_greedy(model, [1, 2, 3], 6)
         with pytest.raises(ValueError, match="float32 model on the CPU"):
-            LLMEngine(model, attention_backend="kernel")
+            LLMEngine(model, attention_backend="kernel", device="cpu")
     finally:
         model.float()
 

@@ -58,7 +58,8 @@ class LLMEngine:
 
     ``model``: a local directory or cloud URI (raylite GPT or HF GPT-2/Llama), an
     ``nn.Module``, or a ``PagedCausalLM``. Differs from vLLM: one process (or a tensor-
-    parallel group of raylite actors), torch only (no custom CUDA kernels), n=1.
+    parallel group of raylite actors), torch plus one small C kernel for CPU decode
+    attention (compiled on first use; no custom CUDA kernels), n=1.
     """
 
     def __init__(self, model, tokenizer=None, config: EngineConfig | None = None,
