@@ -320,6 +320,51 @@ def test_cancel_running_task(cluster):
     assert ray.get(ray.remote(lambda: 5).remote(), timeout=10) == 5
 
 
+@ray.remote
+def _nested_sleeper(path: str, depth: int):
+    """Submits the next level and waits for it; the innermost sleeps until ``path.go``
+    appears. Each level leaves ``path.<depth>.started`` and, when cancelled,
+    ``path.<depth>.cancelled`` (the innermost: ``path.finished`` when it ran out)."""
+    open(f"{path}.{depth}.started", "w").close()
+    try:
+        if depth:
+            return ray.get(_nested_sleeper.remote(path, depth - 1))
+        while not os.path.exists(f"{path}.go"):
+            time.sleep(0.01)
+        open(f"{path}.finished", "w").close()
+        return "finished"
+    except rexc.TaskCancelledError:
+        open(f"{path}.{depth}.cancelled", "w").close()
+        raise
+
+
+def test_cancel_is_recursive_by_default(cluster, tmp_path):
+    """As in Ray: cancelling a task cancels the tasks it submitted, and theirs."""
+    path = str(tmp_path / "chain")
+    ref = _nested_sleeper.remote(path, 2)
+    wait_for_condition(lambda: os.path.exists(f"{path}.0.started"), timeout=15)
+    ray.cancel(ref)
+    with pytest.raises(rexc.TaskCancelledError):
+        ray.get(ref, timeout=10)
+    wait_for_condition(lambda: all(os.path.exists(f"{path}.{d}.cancelled")
+                                   for d in range(3)), timeout=10)
+    open(f"{path}.go", "w").close()  # nothing is left running to see it
+    assert ray.get(ray.remote(lambda: 7).remote(), timeout=10) == 7
+    assert not os.path.exists(f"{path}.finished")
+
+
+def test_cancel_not_recursive_leaves_the_children_running(cluster, tmp_path):
+    path = str(tmp_path / "chain")
+    ref = _nested_sleeper.remote(path, 1)
+    wait_for_condition(lambda: os.path.exists(f"{path}.0.started"), timeout=15)
+    ray.cancel(ref, recursive=False)
+    with pytest.raises(rexc.TaskCancelledError):
+        ray.get(ref, timeout=10)
+    open(f"{path}.go", "w").close()
+    wait_for_condition(lambda: os.path.exists(f"{path}.finished"), timeout=10)
+    assert not os.path.exists(f"{path}.0.cancelled")
+
+
 def test_cancel_force_kills_worker(cluster, tmp_path):
     pid_file = tmp_path / "pid"
 

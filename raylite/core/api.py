@@ -121,11 +121,13 @@ def wait(refs, *, num_returns: int = 1, timeout: float | None = None,
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that produces ``ref``: a queued task is dropped, a running one gets
     ``TaskCancelledError`` raised inside it; ``force=True`` kills its worker. ``get`` of
-    the ref then raises ``TaskCancelledError``. (``recursive`` is accepted; raylite does
-    not yet cancel the children a task submitted.)"""
+    the ref then raises ``TaskCancelledError``. With ``recursive`` (the default, as in
+    Ray) the tasks it submitted and that have not finished are cancelled too, and
+    theirs. Differs from Ray: the children of an async actor call are not cancelled with
+    it (its coroutines share one thread, so their children cannot be told apart)."""
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"cancel() expects an ObjectRef, got {type(ref).__name__}")
-    require_core().cancel(ref, force)
+    require_core().cancel(ref, force, recursive)
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:

@@ -71,7 +71,7 @@ STREAM_ITEM = b"stream_item"            # worker -> owner: task_id, index, value
 WORKER_BLOCKED_NOTICE = b"blocked"      # worker -> lease owner: worker_id, blocked (bool)
 STEAL = b"steal"                        # owner -> worker core inbox: task_ids not to start
 STOLEN = b"stolen"                      # worker -> owner: worker_id, task_ids it will not start
-CANCEL = b"cancel"                      # owner -> worker core inbox: task_id, force
+CANCEL = b"cancel"                      # owner -> worker core inbox: task_id, force, recursive
 
 # --- objects -------------------------------------------------------------------------
 GET_OBJECT = b"get_object"              # borrower -> owner: oid, reply_to
@@ -197,7 +197,7 @@ SCHEMA: dict[bytes, dict] = {
     WORKER_BLOCKED_NOTICE: {"worker_id": str, "blocked": bool},
     STEAL: {"task_ids": list, "reply_to": _addr},
     STOLEN: {"worker_id": str, "task_ids": list},
-    CANCEL: {"task_id": bytes, "force": bool, "reply_to": _addr},
+    CANCEL: {"task_id": bytes, "force": bool, "recursive": bool, "reply_to": _addr},
     GET_OBJECT: {"oid": bytes, "reply_to": _addr},
     OBJECT: {"oid": bytes},
     PULL: {"src_path": str, "src_addr": _addr, "reply_to": _addr},

@@ -37,6 +37,10 @@ class TaskContext(threading.local):
     resources: dict | None = None
     gpu_ids: tuple = ()
     placement_group: list | None = None  # [pg_id, bundle_index, capture_child_tasks]
+    # the task whose children the tasks submitted now are (``cancel(recursive=True)``
+    # cancels them): set while a task or threaded actor call runs; not for async actor
+    # calls, whose coroutines share one thread and so could not be told apart
+    cancel_scope: bytes | None = None
     in_exec_thread: bool = False
 
 

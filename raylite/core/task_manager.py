@@ -112,8 +112,12 @@ class TasksPart:
         self._finish(t, {"error": ser.error_descriptor(error)})
 
     # ------------------------------------------------------------------ cancel
-    def cancel(self, ref: ObjectRef, force: bool) -> None:
-        tid = ref.id[:16]
+    def cancel(self, ref: ObjectRef, force: bool, recursive: bool = True) -> None:
+        self.cancel_task(ref.id[:16], force, recursive)
+
+    def cancel_task(self, tid: bytes, force: bool, recursive: bool) -> None:
+        """Cancel a task this process submitted: drop it if not dispatched yet, else ask
+        its worker, which with ``recursive`` also cancels the tasks it submitted."""
         with self._lock:
             t = self._tasks.get(tid)
             if t is None:
@@ -133,11 +137,24 @@ class TasksPart:
                     self._dispatch(t.key)  # withdraws lease requests it no longer needs
                 return
             core_addr = t.lease.core_addr
-        self.outbox.send(core_addr, P.encode(P.CANCEL, {"task_id": tid, "force": force,
-                                                         "reply_to": self.addr}))
+        self.outbox.send(core_addr, P.encode(P.CANCEL, {
+            "task_id": tid, "force": force, "recursive": recursive, "reply_to": self.addr}))
+
+    def cancel_children(self, parent: bytes, force: bool) -> None:
+        """Cancel, recursively, the unfinished tasks this process submitted while running
+        ``parent``."""
+        with self._lock:
+            kids = [t.task_id for t in self._tasks.values()
+                    if t.parent == parent and not t.cancelled]
+        for tid in kids:
+            self.cancel_task(tid, force, True)
 
     def _on_cancel(self, body, _bufs) -> None:
-        """A worker's side: the owner cancels a task running here."""
+        """A worker's side: the owner cancels a task running here (with ``recursive``,
+        its children first: with ``force`` this process is killed next, and the head
+        then also kills the workers it leased)."""
+        if body["recursive"]:
+            self.cancel_children(body["task_id"], body["force"])
         if self.cancel_hook is not None:
             self.cancel_hook(body["task_id"], body["force"], body["reply_to"])
 

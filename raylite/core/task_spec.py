@@ -10,6 +10,7 @@ method, the lease fields) comes in as body fields.
 
 from __future__ import annotations
 
+from raylite.core import runtime
 from raylite.core import serialization as ser
 from raylite.core.object_ref import ObjectRef, new_id
 
@@ -34,7 +35,7 @@ class Task:
 
     __slots__ = ("task_id", "key", "body", "deps", "pending", "retries", "retry_exc", "lease",
                  "cancelled", "nret", "fn_id", "fn_bytes", "name", "actor_id", "stream",
-                 "sent", "nested", "attempts")
+                 "sent", "nested", "attempts", "parent")
 
     def __init__(self):
         self.attempts = 1  # runs started so far (retries add one each)
@@ -46,6 +47,7 @@ class Task:
         self.fn_id = self.fn_bytes = None
         self.retry_exc = False
         self.sent = 0.0
+        self.parent = None  # the task that submitted this one here (recursive cancel)
 
 
 def encode_args(core, args: tuple, kwargs: dict, hold: list | None = None):
@@ -77,6 +79,7 @@ def build_task(core, name: str, args, kwargs, nret, retries: int, fields: dict, 
     t.nested = []
     args_desc, t.deps = encode_args(core, args, kwargs, t.nested)
     t.task_id = tid = new_id()
+    t.parent = runtime.task_context.cancel_scope
     t.name = name
     t.actor_id = actor_id
     t.retries = retries

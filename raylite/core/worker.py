@@ -178,7 +178,7 @@ class Executor:
     def _invoke(self, body: dict, fn, name: str) -> dict:
         tid = body["task_id"]
         ctx = runtime.task_context
-        ctx.task_id = tid
+        ctx.task_id = ctx.cancel_scope = tid
         if self.actor_id is None:
             self.set_devices(body.get("gpu_ids"), body.get("resources"))
             ctx.placement_group = body.get("placement_group")
@@ -195,7 +195,7 @@ class Executor:
         except BaseException as e:  # noqa: BLE001 - user code may raise anything
             return self.error_reply(tid, name, e)
         finally:
-            ctx.task_id = None
+            ctx.task_id = ctx.cancel_scope = None
 
     def stream(self, body: dict, gen) -> dict:
         tid, owner = body["task_id"], body["owner"]
