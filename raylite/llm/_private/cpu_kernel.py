@@ -136,14 +136,20 @@ def _build(cc: str) -> str:
 
 
 def _cpu_id() -> str:
+    """The CPU's model and instruction-set flags: a kernel built with -march=native for
+    one CPU may not run on another (a home directory shared by different machines)."""
+    found: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(("model name", "flags")):
-                    return line
+                key = line.split(":", 1)[0].strip()
+                if key in ("model name", "flags") and key not in found:
+                    found[key] = line
+                if len(found) == 2:
+                    break
     except OSError:
         pass
-    return platform.processor()
+    return "".join(found.values()) or platform.processor()
 
 
 def load() -> ctypes.CDLL | None:
