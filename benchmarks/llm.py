@@ -238,6 +238,9 @@ def run_prefix(model, repeats: int = 3) -> dict:
 def run_http(model, streams: tuple[int, ...], engine_ttft_1: float | None,
              repeats: int = 1, per_stream: int = 4, replica_cpus: float = 0,
              replicas: int = 1) -> dict:
+    """The workload through the OpenAI endpoint of ``replicas`` LLMServer replicas that
+    each reserve ``replica_cpus`` (the benchmark's default: one replica, no CPU reserved,
+    so its engine runs one torch thread)."""
     import psutil
 
     import raylite
@@ -267,8 +270,9 @@ def run_http(model, streams: tuple[int, ...], engine_ttft_1: float | None,
                     out[str(n)] = _best(out.get(str(n)), asyncio.run(_http_round(
                         url, workload(n, model.config.vocab_size, per_stream=per_stream),
                         procs)))
-            out["ttft_probe"] = _ttft_probe(url, serve.get_deployment_handle("LLMServer_m",
-                                                                            "llm"))
+            if replicas == 1:  # the engine's own TTFTs come from the replica that served
+                out["ttft_probe"] = _ttft_probe(url, serve.get_deployment_handle(
+                    "LLMServer_m", "llm"))
         finally:
             serve.shutdown()
             raylite.shutdown()
@@ -407,7 +411,7 @@ def _best(old: dict | None, new: dict) -> dict:
 
 
 def measure(model_name: str, device: str, streams: tuple[int, ...], http: bool,
-            quick: bool, repeats: int) -> dict:
+            quick: bool, repeats: int, replicas: int = 1, replica_cpus: float = 0) -> dict:
     import torch
 
     torch.manual_seed(0)
@@ -439,7 +443,8 @@ def measure(model_name: str, device: str, streams: tuple[int, ...], http: bool,
           f"{res['prefix']['warm_ttft_ms']:.1f} ms cached", flush=True)
     if http:
         e1 = res["engine"].get("1", {}).get("ttft_p50_ms")
-        res["http"] = run_http(model, streams, e1, repeats, per_stream)
+        res["http"] = run_http(model, streams, e1, repeats, per_stream, replica_cpus,
+                               replicas)
         for n in streams:
             print(f"http           {n:3d} streams: "
                   f"{res['http'][str(n)]['tokens_per_s']:8.0f} tok/s", flush=True)
@@ -554,6 +559,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-http", action="store_true", help="skip the HTTP part")
     p.add_argument("--repeats", type=int, help="runs per point, the best kept (default 3; "
                    "--quick: 1)")
+    p.add_argument("--replicas", type=int, default=1, help="HTTP: LLMServer replicas "
+                   "(each with its own engine)")
+    p.add_argument("--replica-cpus", type=float, default=0, help="HTTP: CPUs each replica "
+                   "reserves, which is also its engine's torch threads (0: one thread)")
     p.add_argument("--json", type=Path, default=RESULTS / "llm.json", help="JSON output")
     p.add_argument("--png", type=Path, default=RESULTS / "llm.png", help="chart output")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -568,14 +577,15 @@ def main(argv=None) -> None:
     repeats = args.repeats or (1 if args.quick else 3)
     if args.worker:
         write_json(args.out, measure(args.model, args.device, streams, http, args.quick,
-                                     repeats))
+                                     repeats, args.replicas, args.replica_cpus))
         return
     if args.device != "cpu":  # the GPU check: in this process, printed, no files
         res = measure(args.model, args.device, streams, False, args.quick, repeats)
         print_table(res)
         return
     cmd = [sys.executable, __file__, "--worker", "--model", args.model, "--device",
-           args.device, "--streams", *map(str, streams), "--repeats", str(repeats)] + \
+           args.device, "--streams", *map(str, streams), "--repeats", str(repeats),
+           "--replicas", str(args.replicas), "--replica-cpus", str(args.replica_cpus)] + \
         (["--quick"] if args.quick else []) + (["--no-http"] if not http else [])
     res = run_json(cmd, timeout_s=WORKER_TIMEOUT_S)
     if "skipped" in res:

@@ -68,7 +68,7 @@ class AttentionMetadata:
     pad_idx: torch.Tensor | None = None  # [nnz] entry -> place in a [rows, pad_len] grid
     pad_len: int = 0                     # the longest decode row
     gather_tables: torch.Tensor | None = None  # [Bd, L] slots, for attention="gather"
-    gather_lens: torch.Tensor | None = None    # [Bd]
+    decode_lens: torch.Tensor | None = None    # [Bd] keys per decode row (gather, kernel)
     block_tables: torch.Tensor | None = None   # [Bd, W] block ids, for attention="kernel"
     block_size: int = 0
     prefills: list = field(default_factory=list)  # PrefillChunk or FirstChunks
@@ -108,12 +108,12 @@ def build_metadata(decode: list[tuple[list[int], int]],
         tables = torch.tensor([t + [0] * (width - len(t)) for t, _ in decode],
                               dtype=torch.long)
         if backend == "kernel":
-            md.block_tables, md.gather_lens = tables, lens
+            md.block_tables, md.decode_lens = tables, lens
             md.pad_len, md.block_size = int(lens.max()), bs
         elif backend == "gather":
             kpos = torch.arange(int(lens.max()))
             md.gather_tables = tables[:, kpos // bs] * bs + kpos % bs
-            md.gather_lens = lens
+            md.decode_lens = lens
         else:
             _decode_pattern(md, tables, lens, bs, num_heads, num_kv_heads,
                             sort=torch.device(device).type != "cpu")
@@ -142,7 +142,7 @@ def _decode_pattern(md, tables, lens, bs, H, Hk, sort):
 
 
 def _to(md: AttentionMetadata, device) -> AttentionMetadata:
-    for name in ("slots", "crow", "cols", "pad_idx", "gather_tables", "gather_lens",
+    for name in ("slots", "crow", "cols", "pad_idx", "gather_tables", "decode_lens",
                  "block_tables"):
         t = getattr(md, name)
         if t is not None:
@@ -169,7 +169,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if nd:
         if md.block_tables is not None:
             out[:nd] = cpu_kernel.paged_decode(q[:nd], kp, vp, md.block_tables,
-                                               md.gather_lens, md.pad_len, md.block_size,
+                                               md.decode_lens, md.pad_len, md.block_size,
                                                scale)
         elif md.crow is not None:
             out[:nd] = _decode_sparse(q[:nd], kp, vp, md, scale)
@@ -224,7 +224,7 @@ def _decode_sparse(q, kp, vp, md, scale):
 def _decode_gather(q, kp, vp, md, scale):
     """The straightforward alternative: a padded copy of the batch's keys each step."""
     B, H, hd = q.shape
-    slots, lens = md.gather_tables, md.gather_lens                # [B, L], [B]
+    slots, lens = md.gather_tables, md.decode_lens                # [B, L], [B]
     kb = kp[slots].permute(0, 2, 1, 3)                             # (B, Hk, L, hd)
     vb = vp[slots].permute(0, 2, 1, 3)
     if kb.shape[1] != H:

@@ -6,8 +6,8 @@ every call and, on this AMD EPYC, runs the engine's shapes (a step of ~32 tokens
 blocked layout runs them at ~130 GFLOP/s, and fuses GPT-2's tanh GELU into the
 ``c_fc`` matmul. This is what torch's own inductor does for frozen CPU models
 (``torch.ops.mkldnn._linear_pointwise``, a private op: torch is pinned to 2.13, and
-``packed()`` checks the op against ``F.linear`` once, falling back to the layer itself
-when it is missing or disagrees). vLLM's CPU backend likewise runs its linears through
+``supported()`` checks the op against ``F.linear`` once, falling back to torch's own
+linear when it is missing or disagrees). vLLM's CPU backend likewise runs its linears through
 oneDNN.
 
 A packed weight is a copy: changing the module's weights after the engine was built does
@@ -29,7 +29,7 @@ PACK_BATCH = 32  # the batch size oneDNN's weight layout is picked for (any batc
 _ok: bool | None = None
 
 
-def _weight_out_in(layer) -> torch.Tensor:
+def weight_out_in(layer) -> torch.Tensor:
     """The weight as [out, in]: ``nn.Linear`` stores it so, HF's ``Conv1D`` transposed."""
     w = layer.weight
     return w if isinstance(layer, torch.nn.Linear) else w.t()
@@ -69,7 +69,7 @@ def packed(layer, *, bias: bool = True, gelu: str | None = None
     ``bias=False`` the bias is left out."""
     with torch.inference_mode():
         w = torch.ops.mkldnn._reorder_linear_weight(
-            _weight_out_in(layer).detach().contiguous(), PACK_BATCH)
+            weight_out_in(layer).detach().contiguous(), PACK_BATCH)
     b = getattr(layer, "bias", None) if bias else None
     b = None if b is None else b.detach()
     op = torch.ops.mkldnn._linear_pointwise
@@ -81,7 +81,7 @@ def packed(layer, *, bias: bool = True, gelu: str | None = None
 def plain(layer, *, bias: bool = True, gelu: str | None = None
           ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The same as ``packed`` through torch's own ops (any dtype and device)."""
-    w = _weight_out_in(layer)
+    w = weight_out_in(layer)
     b = getattr(layer, "bias", None) if bias else None
     if gelu is not None:
         return lambda x: F.gelu(F.linear(x, w, b), approximate=gelu)

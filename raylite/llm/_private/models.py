@@ -62,7 +62,7 @@ class PagedGPT2(PagedCausalLM):
         self.lm_head = module.lm_head
         self.num_layers = len(self.blocks)
         self.num_heads = self.num_kv_heads = num_heads
-        d_local = _out_features(self.blocks[0].attn.c_attn) // 3
+        d_local = cpu_linear.weight_out_in(self.blocks[0].attn.c_attn).shape[0] // 3
         self.head_dim = d_local // num_heads
         self.vocab_size = self.wte.weight.shape[0]
         self.max_model_len = max_model_len
@@ -190,12 +190,6 @@ def _rope(x, cos, sin):
     half = x.shape[-1] // 2
     rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rot * sin
-
-
-def _out_features(layer) -> int:
-    w = layer.weight
-    # nn.Linear stores [out, in]; HF's Conv1D stores [in, out]
-    return w.shape[0] if isinstance(layer, torch.nn.Linear) else w.shape[1]
 
 
 LLAMA_TYPES = ("llama", "mistral")
